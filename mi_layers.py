@@ -1,0 +1,33 @@
+"""The statistics network T of MINE.
+
+T maps one 11-column sample (x, z) to a score. MINE uses the same T on the
+joint half and on the marginal half of every row, so the model holds one
+instance of this layer and calls it twice.
+"""
+
+import tensorflow as tf
+
+
+@tf.keras.utils.register_keras_serializable(package="mine")
+class StatisticsNetwork(tf.keras.layers.Layer):
+    """Dense(hid_width, relu) -> Dense(hid_width, relu) -> Dense(out_width)."""
+
+    def __init__(self, hid_width=128, out_width=1, **kwargs):
+        super().__init__(**kwargs)
+        self.hid_width = hid_width
+        self.out_width = out_width
+        self.hidden_1 = tf.keras.layers.Dense(hid_width, activation="relu")
+        self.hidden_2 = tf.keras.layers.Dense(hid_width, activation="relu")
+        self.scores = tf.keras.layers.Dense(out_width)
+
+    def build(self, input_shape):
+        self.hidden_1.build(input_shape)
+        self.hidden_2.build((None, self.hid_width))
+        self.scores.build((None, self.hid_width))
+        super().build(input_shape)
+
+    def call(self, samples):
+        return self.scores(self.hidden_2(self.hidden_1(samples)))
+
+    def get_config(self):
+        return {**super().get_config(), "hid_width": self.hid_width, "out_width": self.out_width}

@@ -1,0 +1,25 @@
+"""Shared fixtures: the repository on sys.path and small known-MI files."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar_path  # noqa: E402
+
+
+@pytest.fixture
+def known_mi_file(tmp_path):
+    """Writes a generated row file with its sidecar and returns its path."""
+
+    def write(n_rows=2000, mi_nats=1.0, seed=0, name="known.dat"):
+        path = str(tmp_path / name)
+        rows, description = make_known_mi_rows(n_rows, mi_nats, seed)
+        save_rows(path, rows)
+        save_json(sidecar_path(path), description)
+        return path
+
+    return write

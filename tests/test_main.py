@@ -1,0 +1,136 @@
+"""mi_main.py end to end: flags, bad input, outputs, and the estimate on
+data whose true mutual information is known."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mi_main
+from conftest import REPO
+
+SHARED_SAMPLE = os.path.join(REPO, "..", "shared", "reference_sample", "combined_input.dat")
+
+
+def run_main(argv, capsys):
+    """Runs mi_main.main in this process; returns (exit status, stdout, stderr)."""
+    try:
+        mi_main.main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def write_rows(tmp_path, rows, name="rows.dat"):
+    path = tmp_path / name
+    np.savetxt(path, rows)
+    return str(path)
+
+
+def assert_refused(argv, capsys, tmp_path, *expected):
+    output_dir = tmp_path / "out"
+    status, _, err = run_main(argv + ["--output_dir", str(output_dir)], capsys)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for fragment in expected:
+        assert fragment in lines[0]
+    assert not output_dir.exists() or not os.listdir(output_dir)
+
+
+def test_missing_file(tmp_path, capsys):
+    missing = str(tmp_path / "nope.dat")
+    assert_refused(["--input", missing], capsys, tmp_path, missing, "no such file")
+
+
+def test_wrong_column_count_names_the_line(tmp_path, capsys):
+    rows = np.ones((5, 22))
+    path = write_rows(tmp_path, rows)
+    with open(path, "a") as stream:
+        stream.write("1 2 3\n")
+    assert_refused(["--input", path, "--batch_size", "2"], capsys, tmp_path, path, "line 6", "expected 22", "--data_dim 10")
+
+
+def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
+    path = tmp_path / "rows.dat"
+    path.write_text(" ".join(["1"] * 22) + "\n" + " ".join(["1"] * 21 + ["x1"]) + "\n")
+    assert_refused(["--input", str(path), "--batch_size", "1"], capsys, tmp_path, "line 2", "'x1'")
+
+
+def test_nan_names_the_line(tmp_path, capsys):
+    rows = np.ones((4, 22))
+    rows[2, 5] = np.nan
+    path = write_rows(tmp_path, rows)
+    assert_refused(["--input", path, "--batch_size", "2"], capsys, tmp_path, "line 3", "NaN")
+
+
+def test_empty_file(tmp_path, capsys):
+    path = tmp_path / "empty.dat"
+    path.write_text("")
+    assert_refused(["--input", str(path)], capsys, tmp_path, "no data rows")
+
+
+def test_fewer_rows_than_one_batch(tmp_path, capsys):
+    path = write_rows(tmp_path, np.ones((10, 22)))
+    assert_refused(["--input", path, "--batch_size", "64"], capsys, tmp_path, "10 rows", "--batch_size 64")
+
+
+def test_data_size_that_disagrees_names_both_numbers(tmp_path, capsys):
+    path = write_rows(tmp_path, np.ones((10, 22)))
+    assert_refused(["--input", path, "--data_size", "20", "--batch_size", "2"], capsys, tmp_path, "--data_size 20", "10 rows")
+
+
+@pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--lr", "-0.1"), ("--n_epoch", "0"), ("--hid_width", "-3"), ("--lr", "fast")])
+def test_zero_or_negative_hyperparameter_names_the_flag(tmp_path, capsys, flag, value):
+    assert_refused([flag, value], capsys, tmp_path, flag)
+
+
+def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.dat"
+    path.write_text("1 2 3\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "mi_main.py"), "--input", str(path), "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "Traceback" not in result.stderr and str(path) in result.stderr
+
+
+def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
+    output_dir = tmp_path / "out"
+    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "12", "--seed", "1"], capsys)
+    assert status == 0
+    assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 12
+
+    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
+    parts = np.loadtxt(output_dir / mi_main.PARTS_FILE)
+    assert estimates.shape == (12,) and parts.shape == (12, 2)
+    np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
+
+    summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
+    for key in ["mi_estimate", "n_epoch", "rows", "batch_size", "seed", "train_seconds", "samples_per_second", "hyperparameters"]:
+        assert key in summary
+    assert summary["rows"] == 3000 and summary["true_mi_nats"] == 1.0
+    assert summary["hyperparameters"]["hid_width"] == mi_main.HID_WIDTH
+    # The training-row bound of a 3000-row file; the tolerance covers its
+    # sampling spread and the overfitting of 12 epochs on fixed marginal rows.
+    assert summary["mi_estimate"] == pytest.approx(1.0, abs=0.15)
+    assert summary["mi_estimate"] == pytest.approx(estimates[-1])
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")
+def test_the_reference_run_on_its_own_sample(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    status, _, _ = run_main(
+        ["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir)], capsys
+    )
+    assert status == 0
+    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
+    assert estimates.shape == (10,) and np.isfinite(estimates).all()
