@@ -8,6 +8,9 @@ the marginal half (x_bar, z_bar), as the reference's files do
 Run as a script it writes such a file with a chosen MI:
 
     python mi_data_processing.py --mi 1.0 --rows 4000 --seed 0 --output data/input_set.dat
+
+Files may also hold the joint half alone (data_dim + latent_dim columns);
+marginal pairs are then always made by pairing x with another row's z.
 """
 
 import argparse
@@ -25,11 +28,14 @@ class InputError(ValueError):
 
 
 def load_rows(path, columns):
-    """Reads the row file at `path` as a float32 array of shape [rows, columns].
+    """Reads the row file at `path` as a float32 array [rows, width].
 
-    Blank lines and text after '#' are skipped; CRLF line ends are fine.
-    Raises InputError naming the file (and line) for anything else.
+    `columns` is the width each row must have, or a tuple of the widths
+    allowed (the first data row then fixes the width). Blank lines and text
+    after '#' are skipped; CRLF line ends are fine. Raises InputError naming
+    the file (and line) for anything else.
     """
+    allowed = columns if isinstance(columns, tuple) else (columns,)
     try:
         with open(path, "rb") as stream:
             raw = stream.read()
@@ -47,8 +53,9 @@ def load_rows(path, columns):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
-        if len(tokens) != columns:
-            raise InputError(f"{path}, line {line_number}: {len(tokens)} columns, expected {columns}")
+        if len(tokens) not in allowed or (values and len(tokens) != len(values[0])):
+            expected = len(values[0]) if values else " or ".join(map(str, allowed))
+            raise InputError(f"{path}, line {line_number}: {len(tokens)} columns, expected {expected}")
         try:
             values.append([float(token) for token in tokens])
         except ValueError:
@@ -76,63 +83,156 @@ def _is_number(token):
     return True
 
 
-def epoch_order(n_rows, seed, epoch):
-    """A permutation of range(n_rows) fixed by (seed, epoch) alone.
+def split_rows(rows, val_fraction, seed):
+    """Splits rows into (training, held_out) at random, fixed by `seed`.
+
+    round(val_fraction * rows) rows are held out, in random order (so that
+    any slice of them is a random sample too); 0 holds out none.
+    """
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_held_out = int(round(val_fraction * len(rows)))
+    return rows[order[n_held_out:]], rows[order[:n_held_out]]
+
+
+def fit_transform(kind, training_rows, sample_width):
+    """Fits a per-column map on the training rows; returns rows -> rows.
+
+    The map of column j is fitted on the joint half's column j and applied
+    to column j of both halves, since x and x_bar (z and z_bar) are the same
+    variable. Any invertible map of each coordinate leaves the mutual
+    information unchanged, but the network trains far better on
+    well-scaled, light-tailed inputs.
+      none:        the values as they are (the reference);
+      standardize: zero mean, unit variance;
+      rank:        the empirical CDF, interpolated, then the standard
+                   normal quantile: undoes monotone distortions such as
+                   cubes and tames heavy tails.
+    """
+    joint = training_rows[:, :sample_width].astype(np.float64)
+    if kind == "none":
+        return lambda rows: rows
+    if kind == "standardize":
+        mean, spread = joint.mean(axis=0), joint.std(axis=0)
+        spread[spread == 0] = 1.0
+
+        def column_map(columns):
+            return (columns - mean) / spread
+
+    elif kind == "rank":
+        sorted_columns = np.sort(joint, axis=0)
+        levels = (np.arange(len(joint)) + 0.5) / len(joint)
+
+        def column_map(columns):
+            cdf = np.column_stack(
+                [np.interp(columns[:, j], sorted_columns[:, j], levels) for j in range(sample_width)]
+            )
+            return tf.math.ndtri(cdf).numpy()
+
+    else:
+        raise ValueError(f"unknown transform {kind!r}")
+
+    def transform(rows):
+        halves = [column_map(rows[:, :sample_width].astype(np.float64)), column_map(rows[:, sample_width:].astype(np.float64))]
+        return np.concatenate(halves, axis=1).astype(np.float32)
+
+    return transform
+
+
+def epoch_order(n_rows, seed, epoch, stream=0):
+    """A permutation of range(n_rows) fixed by (seed, epoch, stream) alone.
 
     Stateless, so a run resumed at any epoch sees the same orders as an
-    uninterrupted one.
+    uninterrupted one. Streams keep the training order apart from the
+    orders used to evaluate.
     """
-    seed_pair = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    keys = tf.random.stateless_uniform([n_rows], seed=seed_pair)
-    return tf.argsort(keys)
+    key = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
+    )
+    return tf.argsort(tf.random.stateless_uniform([n_rows], seed=key))
 
 
-def epoch_batches(rows, batch_size, seed, first_epoch, n_epoch):
+def repair_marginals(shuffled_rows, latent_dim):
+    """Moves the last latent_dim columns (z_bar) one row along.
+
+    In rows already in a random order this pairs each x_bar with the z_bar
+    of another row, never its own: fresh draws from the product of the
+    marginals, built from the file's own values.
+    """
+    return tf.concat([shuffled_rows[:, :-latent_dim], tf.roll(shuffled_rows[:, -latent_dim:], 1, axis=0)], axis=1)
+
+
+def reshuffled(rows, seed, epoch, stream=0, resample_latent_dim=0):
+    """rows in the order of epoch_order; with resample_latent_dim > 0 also
+    with fresh marginal pairs (repair_marginals)."""
+    shuffled = tf.gather(rows, epoch_order(tf.shape(rows)[0], seed, epoch, stream))
+    return repair_marginals(shuffled, resample_latent_dim) if resample_latent_dim else shuffled
+
+
+def epoch_batches(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
     """A tf.data pipeline with one element per epoch, freshly shuffled.
 
     Each element is (full_batches, last_batch): the epoch's rows in a new
     order, cut into [steps, batch_size, columns] plus the [remainder, columns]
-    rows left over, so that every row is used exactly once per epoch. A whole
-    epoch per element lets the training loop run in one TensorFlow call;
-    prefetch shuffles the next epoch while this one trains.
+    rows left over, so that every row is used exactly once per epoch. With
+    resample_latent_dim > 0 the marginal pairs are drawn afresh each epoch.
+    A whole epoch per element lets the training loop run in one TensorFlow
+    call; prefetch shuffles the next epoch while this one trains.
     """
     rows = tf.convert_to_tensor(rows)
     n_rows, columns = rows.shape
     steps = n_rows // batch_size
 
     def one_epoch(epoch):
-        shuffled = tf.gather(rows, epoch_order(n_rows, seed, epoch))
+        shuffled = reshuffled(rows, seed, epoch, 0, resample_latent_dim)
         full = tf.reshape(shuffled[: steps * batch_size], [steps, batch_size, columns])
         return full, shuffled[steps * batch_size :]
 
     return tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1)
 
 
-def make_known_mi_rows(n_rows, mi_nats, seed=0, data_dim=10):
+# Invertible maps of one coordinate: applied to x or z, they leave I(X; Z) as it was.
+DISTORTIONS = {
+    "identity": lambda values: values,
+    "cube": lambda values: values**3,
+    "half_cube": lambda values: values * np.sqrt(np.abs(values)),
+    "asinh": np.arcsinh,
+}
+
+
+def make_known_mi_rows(n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"):
     """Rows in the 22-column layout whose true I(X; Z) is `mi_nats`.
 
-    x ~ N(0, I), z = a.x + e with e ~ N(0, 1), so I(X; Z) = 0.5 ln(1 + |a|^2);
-    |a|^2 = exp(2 I) - 1 spread evenly over the coordinates. As in the
-    reference's sample, the marginal half repeats x and draws z_bar
-    independently from z's marginal N(0, 1 + |a|^2).
-    Returns (rows, description) where description holds true_mi_nats.
+    x ~ N(0, S) with S = (1 - correlation) I + correlation (all ones), and
+    z = a.x + e with e ~ N(0, 1), so I(X; Z) = 0.5 ln(1 + a'Sa); a is along
+    (1, ..., 1), scaled so that a'Sa = exp(2 I) - 1 (a = 0 for I = 0: z
+    independent of x). Each coordinate of x, and z, may then be bent by one
+    of DISTORTIONS, which leaves the MI unchanged. As in the reference's
+    sample, the marginal half repeats x and draws z_bar independently from
+    z's marginal. Returns (rows, description) with description["true_mi_nats"].
     """
     rng = np.random.default_rng(seed)
+    covariance = (1.0 - correlation) * np.eye(data_dim) + correlation * np.ones((data_dim, data_dim))
+    x = rng.standard_normal((n_rows, data_dim)) @ np.linalg.cholesky(covariance).T
+    direction = np.ones(data_dim)
     signal = math.expm1(2.0 * mi_nats)
-    weights = np.full(data_dim, math.sqrt(signal / data_dim))
-    x = rng.standard_normal((n_rows, data_dim))
+    weights = direction * math.sqrt(signal / (direction @ covariance @ direction))
     z = x @ weights + rng.standard_normal(n_rows)
     z_bar = rng.standard_normal(n_rows) * math.sqrt(1.0 + signal)
-    rows = np.column_stack([x, z, x, z_bar])
+    bend_x, bend_z = DISTORTIONS[x_distortion], DISTORTIONS[z_distortion]
+    rows = np.column_stack([bend_x(x), bend_z(z), bend_x(x), bend_z(z_bar)])
     description = {
         "true_mi_nats": mi_nats,
         "rows": n_rows,
         "seed": seed,
+        "correlation": correlation,
+        "x_distortion": x_distortion,
+        "z_distortion": z_distortion,
         "distribution": (
-            f"x ~ N(0, I_{data_dim}); z = a.x + e, e ~ N(0, 1), a_i = {weights[0]:.6g}; "
-            "marginal half: x repeated, z_bar drawn independently from N(0, 1 + |a|^2)"
+            f"x ~ N(0, S_{data_dim}), S = {1 - correlation:g} I + {correlation:g} ones; z = a.x + e, e ~ N(0, 1), "
+            f"a_i = {weights[0]:.6g}; x bent by {x_distortion}, z by {z_distortion}; "
+            "marginal half: x repeated, z_bar drawn independently from z's marginal"
         ),
-        "true_mi_formula": "0.5 * ln(1 + |a|^2)",
+        "true_mi_formula": "0.5 * ln(1 + a'Sa)",
     }
     return rows, description
 
@@ -182,13 +282,18 @@ def main(argv=None):
     parser.add_argument("--mi", type=float, default=1.0, help="true I(X; Z) in nats (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=4000, help="number of rows (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--correlation", type=float, default=0.0, help="correlation between any two coordinates of x, in [0, 1) (default: %(default)s)")
+    parser.add_argument("--x_distortion", choices=sorted(DISTORTIONS), default="identity", help="invertible map applied to each coordinate of x (default: %(default)s)")
+    parser.add_argument("--z_distortion", choices=sorted(DISTORTIONS), default="identity", help="invertible map applied to z (default: %(default)s)")
     parser.add_argument("--output", default="data/input_set.dat", help="row file to write; a .json description goes beside it (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.mi < 0:
         parser.error("argument --mi: must be zero or more")
     if args.rows < 1:
         parser.error("argument --rows: must be a positive integer")
-    rows, description = make_known_mi_rows(args.rows, args.mi, args.seed)
+    if not 0 <= args.correlation < 1:
+        parser.error("argument --correlation: must be in [0, 1)")
+    rows, description = make_known_mi_rows(args.rows, args.mi, args.seed, 10, args.correlation, args.x_distortion, args.z_distortion)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_rows(args.output, rows)
     save_json(sidecar_path(args.output), description)

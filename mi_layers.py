@@ -8,6 +8,15 @@ instance of this layer and calls it twice.
 import tensorflow as tf
 
 
+def training_flops_per_row(sample_width, hid_width, out_width):
+    """Floating-point operations to train on one row: forward and backward
+    of T on both halves. A dense layer costs 2 * inputs * outputs FLOPs per
+    sample forward and about twice that backward (gradients of the inputs
+    and of the weights)."""
+    forward = 2 * (sample_width * hid_width + hid_width * hid_width + hid_width * out_width)
+    return 2 * 3 * forward
+
+
 @tf.keras.utils.register_keras_serializable(package="mine")
 class StatisticsNetwork(tf.keras.layers.Layer):
     """Dense(hid_width, relu) -> Dense(hid_width, relu) -> Dense(out_width)."""

@@ -7,12 +7,20 @@ the product of the marginals P(X)P(Z). The Donsker-Varadhan bound
     L = mean T(x, z) - log mean exp T(x_bar, z_bar)
 
 is a lower bound on I(X; Z) in nats for every function T. Training maximizes
-it by minimizing cost = -L, as the reference scripts do.
+it by minimizing cost = -L, as the reference scripts do. Three estimators
+(MINE paper, sections 3.1-3.2):
+
+- mine_biased: the plain DV bound and its plain minibatch gradient, which
+  is biased because log mean exp of a batch is a biased estimate;
+- mine: the same bound, with the marginal term's gradient divided by a
+  moving average of mean exp T instead of the batch's own value;
+- mine_f: the f-divergence bound L_f = mean T(x, z) - mean exp(T(x_bar, z_bar) - 1).
 
 The numerics are small pure functions of critic scores so that tests can
 call them on plain tensors.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from mi_layers import StatisticsNetwork
@@ -40,28 +48,92 @@ def donsker_varadhan_bound(joint_scores, marginal_scores):
     return joint_part - marginal_part, joint_part, marginal_part
 
 
+def f_divergence_bound(joint_scores, marginal_scores):
+    """Returns (bound, joint_part, marginal_part) of MINE-f:
+    joint_part = mean T(joint), marginal_part = mean exp(T(marginal) - 1)."""
+    joint_part = tf.reduce_mean(joint_scores)
+    marginal_part = tf.reduce_mean(tf.exp(marginal_scores - 1.0))
+    return joint_part - marginal_part, joint_part, marginal_part
+
+
+def updated_log_moving_average(log_average, log_value, rate):
+    """log of (1 - rate) * average + rate * value, from and to log space.
+
+    A NaN log_average means no value yet: the first value starts it.
+    """
+    blended = tf.reduce_logsumexp(tf.stack([tf.math.log1p(-rate) + log_average, tf.math.log(rate) + log_value]))
+    return tf.where(tf.math.is_nan(log_average), log_value, blended)
+
+
+def with_averaged_gradient(marginal_part, log_average):
+    """marginal_part's value with the bias-corrected gradient of MINE (3.2).
+
+    d/dθ log mean exp T = (d/dθ mean exp T) / mean exp T; MINE replaces the
+    batch's mean exp T in that denominator by its moving average:
+    exp(marginal_part - log_average) * d marginal_part. The value returned
+    is marginal_part itself; only its gradient is rescaled.
+    """
+    ratio = tf.stop_gradient(tf.exp(marginal_part - log_average))
+    constant = tf.stop_gradient(marginal_part)
+    return constant + ratio * (marginal_part - constant)
+
+
 def split_halves(rows, sample_width):
     """Splits rows of 2 * sample_width columns into (joint, marginal)."""
     return rows[:, :sample_width], rows[:, sample_width:]
 
 
+def cross_selected_estimate(bounds_a, bounds_b):
+    """The held-out estimate from per-epoch bounds on two disjoint halves
+    A and B of the held-out rows: (B at A's best epoch + A at B's best
+    epoch) / 2. Choosing the epoch on one half and reading the other stops
+    training where the critic generalizes best without the upward bias of
+    reporting the very maximum a selection was made on.
+    Returns (estimate, best epoch of A, best epoch of B), epochs 1-based.
+    """
+    best_a, best_b = int(np.argmax(bounds_a)), int(np.argmax(bounds_b))
+    return 0.5 * (float(bounds_b[best_a]) + float(bounds_a[best_b])), best_a + 1, best_b + 1
+
+
+ESTIMATORS = ("mine", "mine_biased", "mine_f")
+
+
 @tf.keras.utils.register_keras_serializable(package="mine")
 class MineModel(tf.keras.Model):
-    """Maps a batch of rows to (cost, joint_part, marginal_part)."""
+    """Maps a batch of rows to (cost, joint_part, marginal_part).
 
-    def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, **kwargs):
+    cost is minus the estimator's bound in value; with estimator "mine" and
+    training=True its gradient is the bias-corrected one.
+    """
+
+    def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, estimator="mine", ema_rate=0.01, **kwargs):
         super().__init__(**kwargs)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.sample_width = data_dim + latent_dim
+        self.estimator = estimator
+        self.ema_rate = ema_rate
         self.statistics_network = StatisticsNetwork(hid_width, out_width)
         self.statistics_network.build((None, self.sample_width))
+        self.log_moving_average = self.add_weight(
+            shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False, name="log_moving_average"
+        )
 
-    def call(self, rows):
+    def call(self, rows, training=False):
         joint, marginal = split_halves(rows, self.sample_width)
         # One pass over both halves: a matrix product twice as tall is
         # cheaper than two, and the weights are shared anyway.
         scores = self.statistics_network(tf.concat([joint, marginal], axis=0))
         joint_scores, marginal_scores = tf.split(scores, 2, axis=0)
+        if self.estimator == "mine_f":
+            bound, joint_part, marginal_part = f_divergence_bound(joint_scores, marginal_scores)
+            return -bound, joint_part, marginal_part
         bound, joint_part, marginal_part = donsker_varadhan_bound(joint_scores, marginal_scores)
+        if self.estimator == "mine" and training:
+            self.log_moving_average.assign(
+                updated_log_moving_average(self.log_moving_average, tf.stop_gradient(marginal_part), self.ema_rate)
+            )
+            return with_averaged_gradient(marginal_part, self.log_moving_average) - joint_part, joint_part, marginal_part
         return -bound, joint_part, marginal_part

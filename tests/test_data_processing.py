@@ -6,7 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from mi_data_processing import InputError, epoch_batches, load_rows, make_known_mi_rows
+from mi_data_processing import (
+    DISTORTIONS,
+    InputError,
+    epoch_batches,
+    fit_transform,
+    load_rows,
+    make_known_mi_rows,
+    repair_marginals,
+    split_rows,
+)
 
 SHARED_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference_sample", "combined_input.dat")
 
@@ -55,10 +64,10 @@ def test_missing_file_is_named(tmp_path):
         load_rows(str(tmp_path / "absent.dat"), 22)
 
 
-def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch):
+def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
     return [
         np.concatenate([full.numpy().reshape(-1, rows.shape[1]), last.numpy()])
-        for full, last in epoch_batches(rows, batch_size, seed, first_epoch, n_epoch)
+        for full, last in epoch_batches(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim)
     ]
 
 
@@ -98,3 +107,86 @@ def test_generator_has_the_mutual_information_it_was_asked_for(mi_nats):
     np.testing.assert_array_equal(x_bar, x)
     assert abs(np.corrcoef(z, z_bar)[0, 1]) < 0.01
     assert np.std(z_bar) == pytest.approx(np.std(z), rel=0.01)
+
+
+def gaussian_mi_by_regression(x, z):
+    coefficients, *_ = np.linalg.lstsq(np.column_stack([x, np.ones(len(x))]), z, rcond=None)
+    residual = z - np.column_stack([x, np.ones(len(x))]) @ coefficients
+    return -0.5 * math.log(np.var(residual) / np.var(z))
+
+
+def test_correlated_generator_has_the_mutual_information_it_was_asked_for():
+    rows, _ = make_known_mi_rows(200_000, 1.0, seed=4, correlation=0.6)
+    correlations = np.corrcoef(rows[:, :10], rowvar=False)[np.triu_indices(10, 1)]
+    assert correlations == pytest.approx(0.6, abs=0.01)
+    assert gaussian_mi_by_regression(rows[:, :10], rows[:, 10]) == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("distortion", sorted(set(DISTORTIONS) - {"identity"}))
+def test_distortions_bend_each_coordinate_of_the_same_draw(distortion):
+    plain, _ = make_known_mi_rows(1000, 1.0, seed=5)
+    bent, description = make_known_mi_rows(1000, 1.0, seed=5, x_distortion=distortion, z_distortion=distortion)
+    np.testing.assert_allclose(bent, DISTORTIONS[distortion](plain))
+    assert description["true_mi_nats"] == 1.0 and description["x_distortion"] == distortion
+    # strictly increasing, so invertible: the MI is unchanged
+    grid = np.linspace(-3, 3, 101)
+    assert np.all(np.diff(DISTORTIONS[distortion](grid)) > 0)
+
+
+def test_held_out_split_is_disjoint_sized_and_fixed_by_the_seed():
+    rows = np.arange(1000, dtype=np.float32).reshape(1000, 1)
+    training, held_out = split_rows(rows, 0.2, seed=7)
+    assert len(training) == 800 and len(held_out) == 200
+    assert not set(training[:, 0]) & set(held_out[:, 0])
+    np.testing.assert_array_equal(np.sort(np.concatenate([training, held_out])[:, 0]), rows[:, 0])
+    again, _ = split_rows(rows, 0.2, seed=7)
+    other, _ = split_rows(rows, 0.2, seed=8)
+    np.testing.assert_array_equal(training, again)
+    assert not np.array_equal(training, other)
+    everything, nothing = split_rows(rows, 0.0, seed=7)
+    assert len(everything) == 1000 and len(nothing) == 0
+
+
+@pytest.mark.parametrize("kind", ["standardize", "rank"])
+def test_transform_is_monotone_fitted_on_training_rows_and_the_same_on_both_halves(kind):
+    rng = np.random.default_rng(0)
+    training = rng.standard_exponential((500, 4)) ** 3  # skewed, heavy-tailed
+    transform = fit_transform(kind, training, 2)
+    mapped = transform(training)
+    for column in range(4):
+        order = np.argsort(training[:, column])
+        assert np.all(np.diff(mapped[order, column]) >= 0)
+    # the map of column j is the same in both halves
+    probe = np.column_stack([training[:50, :2], training[:50, :2]])
+    np.testing.assert_array_equal(transform(probe)[:, :2], transform(probe)[:, 2:])
+    # fitted on the training rows only: other rows do not change the map
+    np.testing.assert_array_equal(fit_transform(kind, training, 2)(training[:10]), mapped[:10])
+    if kind == "rank":
+        assert np.abs(mapped[:, 0].mean()) < 0.05 and mapped[:, 0].std() == pytest.approx(1.0, abs=0.05)
+        assert np.isfinite(transform(training * 100)).all()  # beyond the fitted range: clamped
+    else:
+        np.testing.assert_allclose(mapped[:, :2].mean(axis=0), 0, atol=1e-5)
+        np.testing.assert_allclose(mapped[:, :2].std(axis=0), 1, atol=1e-4)
+
+
+def test_repaired_marginals_keep_x_bar_and_take_another_rows_z_bar():
+    rows = np.column_stack([np.arange(10), np.arange(10) + 100, np.arange(10) + 200, np.arange(10) + 300]).astype(np.float32)
+    repaired = repair_marginals(rows, 1).numpy()
+    np.testing.assert_array_equal(repaired[:, :3], rows[:, :3])
+    assert sorted(repaired[:, 3]) == sorted(rows[:, 3])  # the file's own z_bar values
+    assert np.all(repaired[:, 3] != rows[:, 3])  # never a row's own
+
+
+def test_resampled_epochs_pair_x_bar_with_a_new_z_bar_every_epoch():
+    n_rows = 64
+    index = np.arange(n_rows, dtype=np.float32)
+    rows = np.column_stack([index, index, index, index + 1000])  # x, z, x_bar, z_bar; z_bar tells its row
+    epochs = epochs_as_arrays(rows, 16, seed=0, first_epoch=0, n_epoch=3, resample_latent_dim=1)
+    pairings = []
+    for seen in epochs:
+        np.testing.assert_array_equal(seen[:, 0], seen[:, 2])  # x_bar kept with its row
+        partner = seen[:, 3] - 1000
+        np.testing.assert_array_equal(np.sort(partner), index)  # a permutation of the rows
+        assert np.all(partner != seen[:, 2])
+        pairings.append(tuple(partner[np.argsort(seen[:, 2])]))
+    assert len(set(pairings)) == 3

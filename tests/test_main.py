@@ -11,6 +11,7 @@ import pytest
 
 import mi_main
 from conftest import REPO
+from mi_data_processing import make_known_mi_rows
 
 SHARED_SAMPLE = os.path.join(REPO, "..", "shared", "reference_sample", "combined_input.dat")
 
@@ -33,7 +34,7 @@ def write_rows(tmp_path, rows, name="rows.dat"):
 
 
 def assert_refused(argv, capsys, tmp_path, *expected):
-    output_dir = tmp_path / "out"
+    output_dir = tmp_path / "refused"
     status, _, err = run_main(argv + ["--output_dir", str(output_dir)], capsys)
     assert status == 2
     lines = err.strip().splitlines()
@@ -54,6 +55,11 @@ def test_wrong_column_count_names_the_line(tmp_path, capsys):
     with open(path, "a") as stream:
         stream.write("1 2 3\n")
     assert_refused(["--input", path, "--batch_size", "2"], capsys, tmp_path, path, "line 6", "expected 22", "--data_dim 10")
+
+
+def test_fewer_training_rows_than_one_batch_names_val_fraction(tmp_path, capsys):
+    path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(100, 22)))
+    assert_refused(["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "80 of them for training", "--val_fraction 0.2", "--batch_size 90")
 
 
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
@@ -85,7 +91,10 @@ def test_data_size_that_disagrees_names_both_numbers(tmp_path, capsys):
     assert_refused(["--input", path, "--data_size", "20", "--batch_size", "2"], capsys, tmp_path, "--data_size 20", "10 rows")
 
 
-@pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--lr", "-0.1"), ("--n_epoch", "0"), ("--hid_width", "-3"), ("--lr", "fast")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--batch_size", "0"), ("--lr", "-0.1"), ("--n_epoch", "0"), ("--hid_width", "-3"), ("--lr", "fast"), ("--val_fraction", "1.5"), ("--ema_rate", "-1")],
+)
 def test_zero_or_negative_hyperparameter_names_the_flag(tmp_path, capsys, flag, value):
     assert_refused([flag, value], capsys, tmp_path, flag)
 
@@ -105,24 +114,57 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
     output_dir = tmp_path / "out"
-    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "12", "--seed", "1"], capsys)
+    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "40", "--seed", "1"], capsys)
     assert status == 0
-    assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 12
+    assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 40
 
     estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
     parts = np.loadtxt(output_dir / mi_main.PARTS_FILE)
-    assert estimates.shape == (12,) and parts.shape == (12, 2)
+    held_out = np.loadtxt(output_dir / mi_main.HELD_OUT_FILE)
+    assert estimates.shape == (40,) and parts.shape == (40, 2) and held_out.shape == (40,)
     np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
 
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
     for key in ["mi_estimate", "n_epoch", "rows", "batch_size", "seed", "train_seconds", "samples_per_second", "hyperparameters"]:
         assert key in summary
-    assert summary["rows"] == 3000 and summary["true_mi_nats"] == 1.0
+    assert summary["rows"] == 3000 and summary["held_out_rows"] == 600 and summary["true_mi_nats"] == 1.0
     assert summary["hyperparameters"]["hid_width"] == mi_main.HID_WIDTH
-    # The training-row bound of a 3000-row file; the tolerance covers its
-    # sampling spread and the overfitting of 12 epochs on fixed marginal rows.
+    assert min(held_out) <= summary["mi_estimate"] <= max(held_out) + 0.2
+    # 600 held-out rows: even the exact critic's bound on such a sample
+    # spreads by about 0.05 nat from one sample to the next.
     assert summary["mi_estimate"] == pytest.approx(1.0, abs=0.15)
-    assert summary["mi_estimate"] == pytest.approx(estimates[-1])
+
+
+@pytest.mark.parametrize("estimator", ["mine", "mine_biased", "mine_f"])
+def test_each_estimator_end_to_end(known_mi_file, tmp_path, capsys, estimator):
+    path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=2)
+    output_dir = tmp_path / "out"
+    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "30", "--estimator", estimator], capsys)
+    assert status == 0
+    summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
+    assert summary["estimator"] == estimator
+    assert summary["mi_estimate"] == pytest.approx(0.5, abs=0.15)
+
+
+def test_joint_only_file_gets_resampled_marginals(tmp_path, capsys):
+    rows, _ = make_known_mi_rows(2000, 0.5, seed=3)
+    path = write_rows(tmp_path, rows[:, :11])
+    output_dir = tmp_path / "out"
+    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "30"], capsys)
+    assert status == 0
+    assert json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())["mi_estimate"] == pytest.approx(0.5, abs=0.15)
+    assert_refused(["--input", path, "--marginal", "file"], capsys, tmp_path, "--marginal file", "joint half alone")
+
+
+def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=4)
+    output_dir = tmp_path / "out"
+    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "3", "--val_fraction", "0"], capsys)
+    assert status == 0
+    summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
+    assert summary["held_out_rows"] == 0 and summary["rows"] == summary["training_rows"] == 1000
+    assert summary["mi_estimate"] == pytest.approx(np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)[-1])
+    assert not (output_dir / mi_main.HELD_OUT_FILE).exists()
 
 
 @pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mi_model import MineModel, donsker_varadhan_bound, log_mean_exp, split_halves
+from mi_model import (
+    ESTIMATORS,
+    cross_selected_estimate,
+    MineModel,
+    donsker_varadhan_bound,
+    f_divergence_bound,
+    log_mean_exp,
+    split_halves,
+    updated_log_moving_average,
+    with_averaged_gradient,
+)
 
 
 def test_constant_critic_gives_zero_bound():
@@ -52,3 +62,67 @@ def test_model_cost_is_minus_the_bound_of_its_network_scores():
     assert float(cost) == pytest.approx(-float(expected), abs=1e-5)
     assert float(joint_part) == pytest.approx(float(expected_joint), abs=1e-5)
     assert float(marginal_part) == pytest.approx(float(expected_marginal), abs=1e-5)
+
+
+def test_f_divergence_bound_by_hand():
+    joint_scores = tf.constant([[1.0], [3.0]])
+    marginal_scores = tf.constant([[1.0], [1.0 + math.log(3.0)]])
+    bound, joint_part, marginal_part = f_divergence_bound(joint_scores, marginal_scores)
+    # mean(1, 3) = 2; mean(e^0, e^ln3) = 2
+    assert float(joint_part) == pytest.approx(2.0)
+    assert float(marginal_part) == pytest.approx(2.0)
+    assert float(bound) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_moving_average_starts_at_the_first_value_then_blends():
+    first = updated_log_moving_average(tf.constant(float("nan")), tf.constant(math.log(4.0)), 0.25)
+    assert float(first) == pytest.approx(math.log(4.0))
+    second = updated_log_moving_average(first, tf.constant(math.log(8.0)), 0.25)
+    assert float(second) == pytest.approx(math.log(0.75 * 4.0 + 0.25 * 8.0))
+    huge = updated_log_moving_average(tf.constant(1000.0), tf.constant(1001.0), 0.5)
+    assert float(huge) == pytest.approx(1000.0 + math.log(0.5 + 0.5 * math.e), rel=1e-6)
+
+
+def test_averaged_gradient_keeps_the_value_and_rescales_the_gradient():
+    scores = tf.Variable([[0.5], [1.5], [-1.0]])
+    log_average = tf.constant(0.2)
+    with tf.GradientTape(persistent=True) as tape:
+        marginal_part = log_mean_exp(scores)
+        corrected = with_averaged_gradient(marginal_part, log_average)
+    assert float(corrected) == pytest.approx(float(marginal_part))
+    plain = tape.gradient(marginal_part, scores).numpy()
+    rescaled = tape.gradient(corrected, scores).numpy()
+    # d log mean exp T scaled by mean exp T / average = d mean exp T / average
+    expected = np.exp(scores.numpy()) / len(scores.numpy()) / math.exp(0.2)
+    np.testing.assert_allclose(rescaled, expected, rtol=1e-5)
+    np.testing.assert_allclose(rescaled, plain * math.exp(float(marginal_part) - 0.2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_each_estimator_reports_its_own_bound(estimator):
+    model = MineModel(10, 1, 16, 1, estimator=estimator)
+    rows = tf.random.stateless_normal([64, 22], seed=[3, 4])
+    network = model.statistics_network
+    joint_scores, marginal_scores = network(rows[:, :11]), network(rows[:, 11:])
+    bound_of = f_divergence_bound if estimator == "mine_f" else donsker_varadhan_bound
+    expected = float(bound_of(joint_scores, marginal_scores)[0])
+    for training in (False, True):
+        cost, _, _ = model(rows, training=training)
+        assert float(cost) == pytest.approx(-expected, abs=1e-5)
+
+
+def test_mine_updates_its_moving_average_only_while_training():
+    model = MineModel(10, 1, 16, 1, estimator="mine", ema_rate=0.5)
+    rows = tf.random.stateless_normal([64, 22], seed=[5, 6])
+    model(rows, training=False)
+    assert math.isnan(float(model.log_moving_average))
+    _, _, marginal_part = model(rows, training=True)
+    assert float(model.log_moving_average) == pytest.approx(float(marginal_part))
+
+
+def test_cross_selected_estimate_reads_each_half_at_the_others_best_epoch():
+    bounds_a = np.array([0.1, 0.9, 0.5, 0.4])
+    bounds_b = np.array([0.2, 0.6, 0.3, 0.8])
+    estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
+    assert (best_a, best_b) == (2, 4)
+    assert estimate == pytest.approx((0.6 + 0.4) / 2)
