@@ -121,16 +121,18 @@ class MineModel(tf.keras.Model):
             shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False, name="log_moving_average"
         )
 
+    def bound(self, joint_scores, marginal_scores):
+        """(bound, joint_part, marginal_part) of this model's estimator."""
+        bound_of = f_divergence_bound if self.estimator == "mine_f" else donsker_varadhan_bound
+        return bound_of(joint_scores, marginal_scores)
+
     def call(self, rows, training=False):
         joint, marginal = split_halves(rows, self.sample_width)
         # One pass over both halves: a matrix product twice as tall is
         # cheaper than two, and the weights are shared anyway.
         scores = self.statistics_network(tf.concat([joint, marginal], axis=0))
         joint_scores, marginal_scores = tf.split(scores, 2, axis=0)
-        if self.estimator == "mine_f":
-            bound, joint_part, marginal_part = f_divergence_bound(joint_scores, marginal_scores)
-            return -bound, joint_part, marginal_part
-        bound, joint_part, marginal_part = donsker_varadhan_bound(joint_scores, marginal_scores)
+        bound, joint_part, marginal_part = self.bound(joint_scores, marginal_scores)
         if self.estimator == "mine" and training:
             self.log_moving_average.assign(
                 updated_log_moving_average(self.log_moving_average, tf.stop_gradient(marginal_part), self.ema_rate)

@@ -7,7 +7,7 @@ Not collected by pytest. Run from the repository root:
 For each batch size it measures, on the default network (11 -> 128 -> 128
 -> 1 on both halves of each row):
   (a) the project's loop: a whole epoch per call to an XLA-compiled
-      tf.function (mi_main.make_train_epoch);
+      tf.function (mi_main.make_train_epoch), and the same without XLA;
   (b) the reference's loop: the same training step as a tf.function, called
       from Python once per batch of a tf.data dataset;
   (c) the float32 matrix-product ceiling: NumPy timing the forward and
@@ -44,10 +44,10 @@ def fresh_model():
     return model, optimizer
 
 
-def project_loop(rows, batch_size):
+def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
     model, optimizer = fresh_model()
-    train_epoch = mi_main.make_train_epoch(mi_main.make_train_step(model, optimizer), jit=True)
+    train_epoch = mi_main.make_train_epoch(mi_main.make_train_step(model, optimizer), jit)
     seconds = []
     for full_batches, last_batch in epoch_batches(rows, batch_size, 0, 0, 3, resample_latent_dim=1):
         start = time.perf_counter()
@@ -101,16 +101,17 @@ def matmul_ceiling(batch_size, repeats):
 def main():
     print(f"TensorFlow {tf.__version__}, NumPy {np.__version__}, {os.cpu_count()} CPUs; "
           f"{FLOPS_PER_ROW / 1e3:.0f} kFLOP per training row")
-    print("| batch | (a) project rows/s | (b) per-batch Python rows/s | (c) matmul ceiling rows/s | a/b | a/c | "
-          "(a) GFLOP/s | (a) first-epoch extra s |")
-    print("|" + " --- |" * 8, flush=True)
+    print("| batch | (a) project rows/s | (a) without XLA | (b) per-batch Python rows/s | (c) matmul ceiling rows/s "
+          "| a/b | a/c | (a) GFLOP/s | (a) first-epoch extra s |")
+    print("|" + " --- |" * 9, flush=True)
     for batch_size, n_rows in ROWS.items():
         rows = np.random.default_rng(batch_size).standard_normal((n_rows, 2 * SAMPLE_WIDTH)).astype(np.float32)
         project, first_epoch_extra = project_loop(rows, batch_size)
+        without_xla, _ = project_loop(rows, batch_size, jit=False)
         plain = per_batch_python_loop(rows, batch_size)
         ceiling = matmul_ceiling(batch_size, max(1, n_rows // batch_size // 4))
         print(
-            f"| {batch_size} | {project:,.0f} | {plain:,.0f} | {ceiling:,.0f} | {project / plain:.2f} | "
+            f"| {batch_size} | {project:,.0f} | {without_xla:,.0f} | {plain:,.0f} | {ceiling:,.0f} | {project / plain:.2f} | "
             f"{project / ceiling:.2f} | {project * FLOPS_PER_ROW / 1e9:.1f} | {first_epoch_extra:.2f} |",
             flush=True,
         )
