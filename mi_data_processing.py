@@ -94,48 +94,64 @@ def split_rows(rows, val_fraction, seed):
     return rows[order[n_held_out:]], rows[order[:n_held_out]]
 
 
-def fit_transform(kind, training_rows, sample_width):
-    """Fits a per-column map on the training rows; returns rows -> rows.
+TRANSFORMS = ("rank", "standardize", "none")
 
-    The map of column j is fitted on the joint half's column j and applied
-    to column j of both halves, since x and x_bar (z and z_bar) are the same
-    variable. Any invertible map of each coordinate leaves the mutual
-    information unchanged, but the network trains far better on
-    well-scaled, light-tailed inputs.
-      none:        the values as they are (the reference);
-      standardize: zero mean, unit variance;
-      rank:        the empirical CDF, interpolated, then the standard
-                   normal quantile: undoes monotone distortions such as
-                   cubes and tames heavy tails.
+
+def fit_transform_parameters(kind, training_rows, sample_width):
+    """What a per-column map learns from the training rows' joint half.
+
+      none:        nothing: the values as they are (the reference);
+      standardize: each column's mean and spread, for zero mean, unit variance;
+      rank:        each column's sorted values: the empirical CDF,
+                   interpolated, then the standard normal quantile. This
+                   undoes monotone distortions such as cubes and tames
+                   heavy tails.
     """
     joint = training_rows[:, :sample_width].astype(np.float64)
     if kind == "none":
+        return {}
+    if kind == "standardize":
+        spread = joint.std(axis=0)
+        spread[spread == 0] = 1.0
+        return {"mean": joint.mean(axis=0), "spread": spread}
+    if kind == "rank":
+        return {"sorted_columns": np.sort(joint, axis=0)}
+    raise ValueError(f"unknown transform {kind!r}")
+
+
+def make_transform(kind, parameters, sample_width):
+    """rows -> rows: the map of column j applied to column j of both halves,
+    since x and x_bar (z and z_bar) are the same variable."""
+    if kind == "none":
         return lambda rows: rows
     if kind == "standardize":
-        mean, spread = joint.mean(axis=0), joint.std(axis=0)
-        spread[spread == 0] = 1.0
 
         def column_map(columns):
-            return (columns - mean) / spread
-
-    elif kind == "rank":
-        sorted_columns = np.sort(joint, axis=0)
-        levels = (np.arange(len(joint)) + 0.5) / len(joint)
-
-        def column_map(columns):
-            cdf = np.column_stack(
-                [np.interp(columns[:, j], sorted_columns[:, j], levels) for j in range(sample_width)]
-            )
-            return tf.math.ndtri(cdf).numpy()
+            return (columns - parameters["mean"]) / parameters["spread"]
 
     else:
-        raise ValueError(f"unknown transform {kind!r}")
+        sorted_columns = parameters["sorted_columns"]
+        levels = (np.arange(len(sorted_columns)) + 0.5) / len(sorted_columns)
+
+        def column_map(columns):
+            cdf = np.column_stack([np.interp(columns[:, j], sorted_columns[:, j], levels) for j in range(sample_width)])
+            return tf.math.ndtri(cdf).numpy()
 
     def transform(rows):
-        halves = [column_map(rows[:, :sample_width].astype(np.float64)), column_map(rows[:, sample_width:].astype(np.float64))]
-        return np.concatenate(halves, axis=1).astype(np.float32)
+        rows = rows.astype(np.float64)
+        return np.concatenate([column_map(rows[:, :sample_width]), column_map(rows[:, sample_width:])], axis=1).astype(np.float32)
 
     return transform
+
+
+def fit_transform(kind, training_rows, sample_width):
+    """Fits a per-column map on the training rows; returns rows -> rows.
+
+    Any invertible map of each coordinate leaves the mutual information
+    unchanged, but the network trains far better on well-scaled,
+    light-tailed inputs. See fit_transform_parameters for the kinds.
+    """
+    return make_transform(kind, fit_transform_parameters(kind, training_rows, sample_width), sample_width)
 
 
 def epoch_order(n_rows, seed, epoch, stream=0):
@@ -251,7 +267,7 @@ def read_sidecar(path):
         return None
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, binary=False):
     """Calls write(stream) on a temporary file, then renames it to `path`.
 
     Readers see either the previous complete file or the new one, never a
@@ -260,7 +276,7 @@ def write_atomically(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(descriptor, "w") as stream:
+        with os.fdopen(descriptor, "wb" if binary else "w") as stream:
             write(stream)
         os.replace(temporary, path)
     except BaseException:

@@ -11,7 +11,11 @@ override any of them:
 """
 
 import argparse
+import hashlib
+import importlib.util
+import json
 import os
+import shlex
 import sys
 import time
 
@@ -23,13 +27,16 @@ import tensorflow as tf  # noqa: E402
 from mi_data_processing import (  # noqa: E402
     InputError,
     epoch_batches,
-    fit_transform,
+    TRANSFORMS,
+    fit_transform_parameters,
     load_rows,
+    make_transform,
     read_sidecar,
     reshuffled,
     save_json,
     save_rows,
     split_rows,
+    write_atomically,
 )
 from mi_layers import training_flops_per_row  # noqa: E402
 from mi_model import ESTIMATORS, MineModel, cross_selected_estimate  # noqa: E402
@@ -58,18 +65,31 @@ SEED = 0
 JIT = True  # compile each epoch with XLA
 # Output
 OUTPUT_DIR = "results"
+LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
+CHECKPOINT_EVERY = 1  # epochs between checkpoints; 0: none
+KEEP_CHECKPOINTS = 3  # checkpoints kept, the latest ones
 
 ESTIMATE_FILE = "MINE_estimated_mutual_information.dat"
 PARTS_FILE = "MINE_cost_parts.dat"
 HELD_OUT_FILE = "MINE_held_out_mutual_information.dat"
 SUMMARY_FILE = "summary.json"
+FLAGS_FILE = "flags.txt"
+CRITIC_FILE = "critic.keras"
+TRANSFORM_FILE = "input_transform.npz"  # beside the critic: the input map it was trained on
+PLOT_FILE = "mi_curve.png"
+CHECKPOINT_DIR = "checkpoints"
+RUN_IDENTITY_FILE = "run.json"  # in CHECKPOINT_DIR: what --resume must find unchanged
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line on stderr with exit status 2."""
+    """Reports a bad flag in one line on stderr with exit status 2, and
+    reads @FILE arguments as one flag (and its value) per line."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def convert_arg_line_to_args(self, line):
+        return shlex.split(line, comments=True)
 
 
 def fraction(text):
@@ -98,30 +118,62 @@ def positive(kind):
 def parse_args(argv=None):
     parser = OneLineParser(
         prog="mi_main.py",
-        description="Estimate I(X; Z) in nats with MINE (Donsker-Varadhan bound).",
+        description="Estimate I(X; Z) in nats with MINE (Donsker-Varadhan bound). "
+        "Flags may also come from a file: mi_main.py @run.args (one flag per line).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        fromfile_prefix_chars="@",
     )
-    parser.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
-    parser.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
-    parser.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
-    parser.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
-    parser.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
-    parser.add_argument("--ema_rate", type=fraction, default=EMA_RATE, help="moving-average rate of --estimator mine")
-    parser.add_argument("--input", default=INPUT, help="row file: x, z, x_bar, z_bar per line, or x, z alone")
-    parser.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
-    parser.add_argument("--val_fraction", type=fraction, default=VAL_FRACTION, help="share of rows held out for the estimate; 0 reports the training rows' bound, as the reference")
-    parser.add_argument("--transform", choices=["rank", "standardize", "none"], default=TRANSFORM, help="per-column map fitted on the training rows")
-    parser.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
-    parser.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
-    parser.add_argument("--batch_size", type=positive(int), default=BATCH_SIZE, help="rows per gradient step")
-    parser.add_argument("--n_epoch", type=positive(int), default=N_EPOCH, help="passes over the rows")
-    parser.add_argument("--lr", type=positive(float), default=LR, help="learning rate")
-    parser.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
-    parser.add_argument("--lr_schedule", choices=["cosine", "constant"], default=LR_SCHEDULE, help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's")
-    parser.add_argument("--seed", type=int, default=SEED, help="seeds the weights and the shuffles")
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA")
-    parser.add_argument("--output_dir", default=OUTPUT_DIR, help="where results are written (created if missing)")
-    return parser.parse_args(argv)
+    model = parser.add_argument_group("model")
+    model.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
+    model.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
+    model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
+    model.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
+    model.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
+    model.add_argument("--ema_rate", type=fraction, default=EMA_RATE, help="moving-average rate of --estimator mine")
+    data = parser.add_argument_group("data")
+    data.add_argument("--input", default=INPUT, help="row file: x, z, x_bar, z_bar per line, or x, z alone")
+    data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
+    data.add_argument("--val_fraction", type=fraction, default=VAL_FRACTION, help="share of rows held out for the estimate; 0 reports the training rows' bound, as the reference")
+    data.add_argument("--transform", choices=TRANSFORMS, default=TRANSFORM, help="per-column map fitted on the training rows")
+    data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
+    data.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
+    training = parser.add_argument_group("training")
+    training.add_argument("--batch_size", type=positive(int), default=BATCH_SIZE, help="rows per gradient step")
+    training.add_argument("--n_epoch", type=positive(int), default=N_EPOCH, help="passes over the training rows")
+    training.add_argument("--lr", type=positive(float), default=LR, help="learning rate")
+    training.add_argument("--lr_schedule", choices=["cosine", "constant"], default=LR_SCHEDULE, help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's")
+    training.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
+    training.add_argument("--seed", type=int, default=SEED, help="seeds the split, the weights and the shuffles")
+    training.add_argument("--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA")
+    training.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output_dir to --n_epoch epochs")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output_dir", default=OUTPUT_DIR, help="where results, checkpoints and flags.txt are written (created if missing)")
+    output.add_argument("--logdir", default=LOGDIR, help="TensorBoard event files (None: OUTPUT_DIR/logs)")
+    output.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY, help="epochs between checkpoints; 0: none")
+    output.add_argument("--keep_checkpoints", type=positive(int), default=KEEP_CHECKPOINTS, help="how many of the latest checkpoints to keep")
+    output.add_argument("--plot", action="store_true", help=f"write {PLOT_FILE}, the estimate per epoch (needs matplotlib)")
+    output.add_argument("--quiet", action="store_true", help="print only the final line")
+    output.add_argument("--evaluate_only", metavar="CRITIC", help=f"no training: load a saved {CRITIC_FILE} and report its bound on --input")
+    args = parser.parse_args(argv)
+    if args.checkpoint_every < 0:
+        parser.error(f"argument --checkpoint_every: must be 0 or more, got {args.checkpoint_every}")
+    return args
+
+
+def flags_file_text(args):
+    """The flags of a run, one per line, as @FILE reads them back."""
+    lines = []
+    for name, value in vars(args).items():
+        if value is None or name == "resume":
+            continue
+        if isinstance(value, bool):
+            if name == "jit":
+                lines.append("--jit" if value else "--no-jit")
+            elif value:
+                lines.append(f"--{name}")
+        else:
+            lines.append(f"--{name} {shlex.quote(str(value))}")
+    return "\n".join(lines) + "\n"
 
 
 def fail(message):
@@ -211,17 +263,132 @@ def make_train_epoch(train_step, jit):
     return train_epoch
 
 
+def make_evaluator(model, seed, passes, resample_latent_dim):
+    """A tf.function (rows, epoch) -> the bound on all `rows` in one batch,
+    averaged over `passes` fresh marginal pairings (streams 1.. keep them
+    apart from the training order). The joint scores do not depend on the
+    pairing, so they are computed once. Not compiled with XLA: measured
+    faster without, and it saves the compile."""
+    width = model.sample_width
+
+    @tf.function(reduce_retracing=True)
+    def evaluate(rows, epoch):
+        joint_scores = model.statistics_network(rows[:, :width])
+        bounds = []
+        for stream in range(1, passes + 1):
+            paired = reshuffled(rows, seed, epoch, stream, resample_latent_dim)
+            bounds.append(model.bound(joint_scores, model.statistics_network(paired[:, width:]))[0])
+        return tf.reduce_mean(bounds)
+
+    return evaluate
+
+
+# What --resume must find unchanged: any of these changes the split, the
+# network or the steps, and the continued run would not be the same run.
+RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "estimator", "seed", "val_fraction",
+                     "transform", "marginal", "batch_size", "optimizer")
+
+
+def run_identity(args):
+    with open(args.input, "rb") as stream:
+        digest = hashlib.sha256(stream.read()).hexdigest()
+    return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
+
+
+def check_resumable(args, checkpoint_dir, identity):
+    try:
+        with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)) as stream:
+            saved = json.load(stream)
+    except (OSError, ValueError):
+        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
+    if tf.train.latest_checkpoint(checkpoint_dir) is None:
+        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
+    if saved["input_sha256"] != identity["input_sha256"]:
+        fail(f"--resume: {args.input} is not the input file the checkpoint in {checkpoint_dir} was trained on")
+    for name in RESUME_MUST_MATCH:
+        if saved[name] != identity[name]:
+            fail(f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not {identity[name]}")
+
+
+def require_matplotlib():
+    if importlib.util.find_spec("matplotlib") is None:
+        fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
+
+
+def save_plot(path, history, truth):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history) + 1)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(epochs, history[:, 0], label="training rows")
+    if not np.isnan(history[:, 3]).all():
+        axes.plot(epochs, history[:, 3], label="held-out rows")
+    if truth is not None:
+        axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
+    axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
+    axes.legend()
+    figure.tight_layout()
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
+    plt.close(figure)
+
+
+def save_critic(output_dir, model, transform_kind, transform_parameters):
+    """The trained model as a .keras file, and beside it the input map it
+    was trained on (--evaluate_only needs both)."""
+    temporary = os.path.join(output_dir, ".tmp-" + CRITIC_FILE)
+    model.save(temporary)
+    os.replace(temporary, os.path.join(output_dir, CRITIC_FILE))
+    write_atomically(
+        os.path.join(output_dir, TRANSFORM_FILE),
+        lambda stream: np.savez(stream, kind=transform_kind, **transform_parameters),
+        binary=True,
+    )
+
+
+def evaluate_only(args):
+    """Reports a saved critic's bound on --input, without training."""
+    try:
+        model = tf.keras.models.load_model(args.evaluate_only)
+        with np.load(os.path.join(os.path.dirname(args.evaluate_only), TRANSFORM_FILE)) as saved:
+            kind = str(saved["kind"])
+            parameters = {name: saved[name] for name in saved.files if name != "kind"}
+    except (OSError, ValueError) as error:
+        fail(f"--evaluate_only {args.evaluate_only}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
+    args.data_dim, args.latent_dim = model.data_dim, model.latent_dim
+    rows = make_transform(kind, parameters, model.sample_width)(read_input(args))
+    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
+    passes = args.eval_permutations if resample_latent_dim else 1
+    evaluate = make_evaluator(model, args.seed, passes, resample_latent_dim)
+    bound = float(evaluate(tf.constant(rows), tf.constant(0, tf.int64)))
+    print(f"bound of {args.evaluate_only} on {args.input}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)")
+    return {"mi_estimate": bound, "rows": len(rows)}
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.evaluate_only:
+        return evaluate_only(args)
+    if args.plot:
+        require_matplotlib()
     rows = read_input(args)
     training_rows, held_out_rows = split_input(args, rows)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
         fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
+    checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
+    identity = run_identity(args)
+    if args.resume:
+        check_resumable(args, checkpoint_dir, identity)
+    write_atomically(os.path.join(args.output_dir, FLAGS_FILE), lambda stream: stream.write(flags_file_text(args)))
     truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
 
-    transform = fit_transform(args.transform, training_rows, args.data_dim + args.latent_dim)
+    sample_width = args.data_dim + args.latent_dim
+    transform_parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
+    transform = make_transform(args.transform, transform_parameters, sample_width)
     training_rows, held_out_rows = transform(training_rows), transform(held_out_rows)
     resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
 
@@ -230,59 +397,76 @@ def main(argv=None):
     n_rows = len(training_rows)
     optimizer = make_optimizer(args, args.n_epoch * -(-n_rows // args.batch_size))
     optimizer.build(model.trainable_variables)
-
     train_epoch = make_train_epoch(make_train_step(model, optimizer), args.jit)
-
+    evaluate = make_evaluator(model, args.seed, args.eval_permutations if resample_latent_dim else 1, resample_latent_dim)
     half = len(held_out_rows) // 2
     held_out_halves = (tf.constant(held_out_rows[:half]), tf.constant(held_out_rows[half:]))
-    passes = args.eval_permutations if resample_latent_dim else 1
 
-    sample_width = args.data_dim + args.latent_dim
+    # Everything a resumed run needs to continue as if never stopped: the
+    # shuffles are fixed by (seed, epoch), so the epoch stands for the RNG.
+    completed_epochs = tf.Variable(0, dtype=tf.int64)
+    history_so_far = tf.Variable(np.zeros((0, 6)), shape=tf.TensorShape([None, 6]), dtype=tf.float64)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=completed_epochs, history=history_so_far)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
+    if args.resume:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    else:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
+    history = [tuple(row) for row in history_so_far.numpy()]
+    first_epoch = int(completed_epochs)
 
-    @tf.function
-    def evaluate_held_out(epoch):
-        """The bound on each half of the held-out rows, each half in one
-        batch, averaged over `passes` fresh marginal pairings (streams 1..
-        keep them apart from the training order). The joint scores do not
-        depend on the pairing, so they are computed once. Not compiled with
-        XLA: measured faster without, and it saves the compile."""
-        bounds = []
-        for rows in held_out_halves:
-            joint_scores = model.statistics_network(rows[:, :sample_width])
-            pairings = [reshuffled(rows, args.seed, epoch, stream, resample_latent_dim) for stream in range(1, passes + 1)]
-            bounds.append(tf.reduce_mean([
-                model.bound(joint_scores, model.statistics_network(paired[:, sample_width:]))[0] for paired in pairings
-            ]))
-        return tf.stack(bounds)
+    writer = tf.summary.create_file_writer(args.logdir or os.path.join(args.output_dir, "logs"))
+    with writer.as_default():
+        tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
+    progress = tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"]) if sys.stdout.isatty() and not args.quiet else None
+    if not args.quiet:
+        print(
+            f"MINE ({args.estimator}) on {args.input}: {n_rows} training rows, {len(held_out_rows)} held out, "
+            f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
+            + (f", true MI {truth} nats" if truth is not None else "")
+            + (f"; resumed after epoch {first_epoch}" if args.resume else "")
+        )
 
-    print(
-        f"MINE ({args.estimator}) on {args.input}: {n_rows} training rows, {len(held_out_rows)} held out, "
-        f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
-        + (f", true MI {truth} nats" if truth is not None else "")
-    )
-    flops_per_row = training_flops_per_row(args.data_dim + args.latent_dim, args.hid_width, args.out_width)
-    history, step_seconds = [], []
+    flops_per_row = training_flops_per_row(sample_width, args.hid_width, args.out_width)
+    step_seconds = []
     train_start = time.perf_counter()
-    epochs = epoch_batches(training_rows, args.batch_size, args.seed, 0, args.n_epoch, resample_latent_dim)
-    for epoch, (full_batches, last_batch) in enumerate(epochs, 1):
+    epochs = epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim)
+    for epoch, (full_batches, last_batch) in enumerate(epochs, first_epoch + 1):
         epoch_start = time.perf_counter()
         bound, joint_part, marginal_part = train_epoch(full_batches, last_batch).numpy()
         step_seconds.append(time.perf_counter() - epoch_start)
-        bound_a, bound_b = evaluate_held_out(tf.constant(epoch, tf.int64)).numpy() if half else (np.nan, np.nan)
+        epoch_tensor = tf.constant(epoch, tf.int64)
+        bound_a, bound_b = (float(evaluate(rows, epoch_tensor)) for rows in held_out_halves) if half else (np.nan, np.nan)
         held_out_bound = (bound_a + bound_b) / 2
         history.append((bound, joint_part, marginal_part, held_out_bound, bound_a, bound_b))
         rows_per_second = n_rows / step_seconds[-1]
-        print(
-            f"epoch {epoch:4d}/{args.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
-            f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
-            f"{rows_per_second:9.0f} rows/s  {rows_per_second * flops_per_row / 1e9:5.1f} GFLOP/s",
-            flush=True,
-        )
-    train_seconds = time.perf_counter() - train_start
-    # after the first epoch, which also traces and compiles
-    steady_rows_per_second = n_rows * (len(step_seconds) - 1) / sum(step_seconds[1:]) if len(step_seconds) > 1 else np.nan
 
-    history = np.array(history, dtype=np.float64)
+        with writer.as_default(step=epoch):
+            tf.summary.scalar("estimate/training_rows", bound)
+            if half:
+                tf.summary.scalar("estimate/held_out", held_out_bound)
+            tf.summary.scalar("parts/joint", joint_part)
+            tf.summary.scalar("parts/marginal", marginal_part)
+            tf.summary.scalar("speed/rows_per_second", rows_per_second)
+            tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+        if progress:
+            progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
+        elif not args.quiet:
+            print(
+                f"epoch {epoch:4d}/{args.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
+                f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
+                f"{rows_per_second:9.0f} rows/s  {rows_per_second * flops_per_row / 1e9:5.1f} GFLOP/s",
+                flush=True,
+            )
+        if args.checkpoint_every and (epoch % args.checkpoint_every == 0 or epoch == args.n_epoch):
+            completed_epochs.assign(epoch)
+            history_so_far.assign(np.array(history, dtype=np.float64))
+            manager.save(checkpoint_number=epoch)
+    train_seconds = time.perf_counter() - train_start
+    writer.flush()
+
+    history = np.array(history, dtype=np.float64).reshape(-1, 6)
     if half:
         mi_estimate, best_a, best_b = cross_selected_estimate(history[:, 4], history[:, 5])
         estimate_from = f"held-out bound at the best epochs of the other half ({best_a}, {best_b})"
@@ -290,8 +474,15 @@ def main(argv=None):
         mi_estimate, estimate_from = float(history[-1, 0]), "training rows' bound, last epoch"
     save_rows(os.path.join(args.output_dir, ESTIMATE_FILE), history[:, 0])
     save_rows(os.path.join(args.output_dir, PARTS_FILE), history[:, 1:3])
-    if len(held_out_rows):
+    if half:
         save_rows(os.path.join(args.output_dir, HELD_OUT_FILE), history[:, 3])
+    save_critic(args.output_dir, model, args.transform, transform_parameters)
+    if args.plot:
+        save_plot(os.path.join(args.output_dir, PLOT_FILE), history, truth)
+
+    trained_epochs = len(step_seconds)
+    # speeds after the first epoch of this process, which also traces and compiles
+    steady_rows_per_second = n_rows * (trained_epochs - 1) / sum(step_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "mi_estimate": mi_estimate,
         "mi_estimate_from": estimate_from,
@@ -300,16 +491,17 @@ def main(argv=None):
         "true_mi_nats": truth,
         "estimator": args.estimator,
         "n_epoch": args.n_epoch,
+        "resumed_after_epoch": first_epoch if args.resume else None,
         "rows": len(rows),
         "training_rows": n_rows,
         "held_out_rows": len(held_out_rows),
         "batch_size": args.batch_size,
         "seed": args.seed,
         "train_seconds": round(train_seconds, 3),
-        "samples_per_second": round(n_rows * args.n_epoch / train_seconds, 1),
-        "first_epoch_seconds": round(step_seconds[0], 3),
-        "training_rows_per_second": round(steady_rows_per_second, 1),
-        "training_gflops_per_second": round(steady_rows_per_second * flops_per_row / 1e9, 2),
+        "samples_per_second": round(n_rows * trained_epochs / train_seconds, 1) if trained_epochs else None,
+        "first_epoch_seconds": round(step_seconds[0], 3) if trained_epochs else None,
+        "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
+        "training_gflops_per_second": round(steady_rows_per_second * flops_per_row / 1e9, 2) if steady_rows_per_second else None,
         "training_flops_per_row": flops_per_row,
         "hyperparameters": vars(args),
     }

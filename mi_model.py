@@ -121,6 +121,17 @@ class MineModel(tf.keras.Model):
             shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False, name="log_moving_average"
         )
 
+    def get_config(self):
+        return {
+            "name": self.name,
+            "data_dim": self.data_dim,
+            "latent_dim": self.latent_dim,
+            "hid_width": self.statistics_network.hid_width,
+            "out_width": self.statistics_network.out_width,
+            "estimator": self.estimator,
+            "ema_rate": self.ema_rate,
+        }
+
     def bound(self, joint_scores, marginal_scores):
         """(bound, joint_part, marginal_part) of this model's estimator."""
         bound_of = f_divergence_bound if self.estimator == "mine_f" else donsker_varadhan_bound
