@@ -67,6 +67,7 @@ JIT = True  # compile each epoch with XLA
 OUTPUT_DIR = "results"
 LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
 CHECKPOINT_EVERY = 1  # epochs between checkpoints; 0: none
+CHECKPOINT_SECONDS = 10  # and at most one per this many seconds (the last epoch's always); 0: no limit
 KEEP_CHECKPOINTS = 3  # checkpoints kept, the latest ones
 
 ESTIMATE_FILE = "MINE_estimated_mutual_information.dat"
@@ -150,6 +151,7 @@ def parse_args(argv=None):
     output.add_argument("--output_dir", default=OUTPUT_DIR, help="where results, checkpoints and flags.txt are written (created if missing)")
     output.add_argument("--logdir", default=LOGDIR, help="TensorBoard event files (None: OUTPUT_DIR/logs)")
     output.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY, help="epochs between checkpoints; 0: none")
+    output.add_argument("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS, help="at most one checkpoint per this many seconds, the last epoch's always saved; 0: no limit (a save costs about as much as a 3,000-row epoch)")
     output.add_argument("--keep_checkpoints", type=positive(int), default=KEEP_CHECKPOINTS, help="how many of the latest checkpoints to keep")
     output.add_argument("--plot", action="store_true", help=f"write {PLOT_FILE}, the estimate per epoch (needs matplotlib)")
     output.add_argument("--quiet", action="store_true", help="print only the final line")
@@ -157,6 +159,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.error(f"argument --checkpoint_every: must be 0 or more, got {args.checkpoint_every}")
+    if args.checkpoint_seconds < 0:
+        parser.error(f"argument --checkpoint_seconds: must be 0 or more, got {args.checkpoint_seconds}")
     return args
 
 
@@ -430,7 +434,7 @@ def main(argv=None):
 
     flops_per_row = training_flops_per_row(sample_width, args.hid_width, args.out_width)
     step_seconds = []
-    train_start = time.perf_counter()
+    train_start = last_save = time.perf_counter()
     epochs = epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim)
     for epoch, (full_batches, last_batch) in enumerate(epochs, first_epoch + 1):
         epoch_start = time.perf_counter()
@@ -459,10 +463,12 @@ def main(argv=None):
                 f"{rows_per_second:9.0f} rows/s  {rows_per_second * flops_per_row / 1e9:5.1f} GFLOP/s",
                 flush=True,
             )
-        if args.checkpoint_every and (epoch % args.checkpoint_every == 0 or epoch == args.n_epoch):
+        due = epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds
+        if args.checkpoint_every and (due or epoch == args.n_epoch):
             completed_epochs.assign(epoch)
             history_so_far.assign(np.array(history, dtype=np.float64))
             manager.save(checkpoint_number=epoch)
+            last_save = time.perf_counter()
     train_seconds = time.perf_counter() - train_start
     writer.flush()
 

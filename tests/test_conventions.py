@@ -45,7 +45,7 @@ def test_event_files_hold_the_scalars(small_file, tmp_path):
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp_path, monkeypatch):
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-    flags = ["--input", small_file, "--n_epoch", "6", *SMALL_RUN]
+    flags = ["--input", small_file, "--n_epoch", "6", "--checkpoint_seconds", "0", *SMALL_RUN]
     run([*flags, "--output_dir", str(whole)])
 
     real_make_train_epoch = mi_main.make_train_epoch
