@@ -63,6 +63,8 @@ OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
 LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
 SEED = 0
 JIT = True  # compile each epoch with XLA
+STRATEGY = "default"  # "default": one device; "mirrored": all local GPUs (or CPU_REPLICAS); "multi_worker": TF_CONFIG's cluster
+CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
 # Output
 OUTPUT_DIR = "results"
 LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
@@ -146,6 +148,8 @@ def parse_args(argv=None):
     training.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
     training.add_argument("--seed", type=int, default=SEED, help="seeds the split, the weights and the shuffles")
     training.add_argument("--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA")
+    training.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default=STRATEGY, help="tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the TF_CONFIG environment variable")
+    training.add_argument("--cpu_replicas", type=positive(int), default=CPU_REPLICAS, help="replicas of --strategy mirrored on a machine without GPUs")
     training.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output_dir to --n_epoch epochs")
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", default=OUTPUT_DIR, help="where results, checkpoints and flags.txt are written (created if missing)")
@@ -267,6 +271,79 @@ def make_train_epoch(train_step, jit):
     return train_epoch
 
 
+def make_strategy(args):
+    """The tf.distribute strategy of --strategy. Called before TensorFlow
+    runs anything, since the CPU can only be split into logical devices
+    before its runtime starts."""
+    if args.strategy == "default":
+        return tf.distribute.get_strategy()
+    if args.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            fail("--strategy multi_worker needs the TF_CONFIG environment variable describing the cluster (README: Scaling out)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
+    except RuntimeError:
+        pass  # the runtime has started already; fine if it was split so before
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) < args.cpu_replicas:
+        fail(f"--cpu_replicas {args.cpu_replicas}: TensorFlow started with {len(devices)} CPU device(s) and cannot split it now")
+    return tf.distribute.MirroredStrategy([device.name for device in devices[: args.cpu_replicas]])
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's results: always, but for the
+    workers other than the first of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def split_for_replicas(strategy, full_batches, last_batch):
+    """Each replica's share of every global batch of an epoch: rows
+    [r * B / R, (r + 1) * B / R) of each batch for replica r of R. Every
+    worker builds the same epoch from (seed, epoch) and keeps its own
+    replicas' shares, so no rows travel between workers."""
+
+    def share(rows, context):
+        size = rows.shape[0]
+        replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+        return rows[replica * size // replicas : (replica + 1) * size // replicas]
+
+    full_shares = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.transpose(share(tf.transpose(full_batches, [1, 0, 2]), context), [1, 0, 2])
+    )
+    last_shares = strategy.experimental_distribute_values_from_function(lambda context: share(last_batch, context))
+    return full_shares, last_shares
+
+
+def make_distributed_train_epoch(strategy, train_step):
+    """make_train_epoch for several replicas: the loop over steps stays in
+    one tf.function, and each step runs on every replica (strategy.run) on
+    its share of the global batch (split_for_replicas). The bound is that of
+    the whole global batch (MineModel.cross_replica_cost), so the result is
+    the same as on one device. Not compiled with XLA: XLA cannot compile the
+    replicas' collective operations in this loop."""
+
+    @tf.function
+    def train_epoch(full_shares, last_shares, batch_size, last_size):
+        steps = strategy.experimental_local_results(full_shares)[0].shape[0]
+        totals = tf.zeros([3])
+        for step in tf.range(steps):
+            results = strategy.run(lambda shares: train_step(shares[step]), args=(full_shares,))
+            totals += batch_size * strategy.experimental_local_results(results)[0]
+        if last_size:
+            results = strategy.run(train_step, args=(last_shares,))
+            totals += last_size * strategy.experimental_local_results(results)[0]
+        return totals / (steps * batch_size + last_size)
+
+    return train_epoch
+
+
 def make_evaluator(model, seed, passes, resample_latent_dim):
     """A tf.function (rows, epoch) -> the bound on all `rows` in one batch,
     averaged over `passes` fresh marginal pairings (streams 1.. keep them
@@ -377,6 +454,10 @@ def main(argv=None):
         return evaluate_only(args)
     if args.plot:
         require_matplotlib()
+    strategy = make_strategy(args)
+    if not is_chief(strategy):  # the other workers' files go aside
+        args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
+        args.logdir = None
     rows = read_input(args)
     training_rows, held_out_rows = split_input(args, rows)
     try:
@@ -397,11 +478,16 @@ def main(argv=None):
     resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
 
     tf.keras.utils.set_random_seed(args.seed)
-    model = MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate)
     n_rows = len(training_rows)
-    optimizer = make_optimizer(args, args.n_epoch * -(-n_rows // args.batch_size))
-    optimizer.build(model.trainable_variables)
-    train_epoch = make_train_epoch(make_train_step(model, optimizer), args.jit)
+    with strategy.scope():
+        model = MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate)
+        optimizer = make_optimizer(args, args.n_epoch * -(-n_rows // args.batch_size))
+        optimizer.build(model.trainable_variables)
+    replicated = strategy.num_replicas_in_sync > 1
+    if replicated:
+        train_epoch = make_distributed_train_epoch(strategy, make_train_step(model, optimizer))
+    else:
+        train_epoch = make_train_epoch(make_train_step(model, optimizer), args.jit)
     evaluate = make_evaluator(model, args.seed, args.eval_permutations if resample_latent_dim else 1, resample_latent_dim)
     half = len(held_out_rows) // 2
     held_out_halves = (tf.constant(held_out_rows[:half]), tf.constant(held_out_rows[half:]))
@@ -428,6 +514,7 @@ def main(argv=None):
         print(
             f"MINE ({args.estimator}) on {args.input}: {n_rows} training rows, {len(held_out_rows)} held out, "
             f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
+            + (f", {strategy.num_replicas_in_sync} replicas ({args.strategy})" if replicated else "")
             + (f", true MI {truth} nats" if truth is not None else "")
             + (f"; resumed after epoch {first_epoch}" if args.resume else "")
         )
@@ -438,7 +525,11 @@ def main(argv=None):
     epochs = epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim)
     for epoch, (full_batches, last_batch) in enumerate(epochs, first_epoch + 1):
         epoch_start = time.perf_counter()
-        bound, joint_part, marginal_part = train_epoch(full_batches, last_batch).numpy()
+        if replicated:
+            shares = split_for_replicas(strategy, full_batches, last_batch)
+            bound, joint_part, marginal_part = train_epoch(*shares, args.batch_size, last_batch.shape[0]).numpy()
+        else:
+            bound, joint_part, marginal_part = train_epoch(full_batches, last_batch).numpy()
         step_seconds.append(time.perf_counter() - epoch_start)
         epoch_tensor = tf.constant(epoch, tf.int64)
         bound_a, bound_b = (float(evaluate(rows, epoch_tensor)) for rows in held_out_halves) if half else (np.nan, np.nan)

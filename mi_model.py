@@ -78,6 +78,33 @@ def with_averaged_gradient(marginal_part, log_average):
     return constant + ratio * (marginal_part - constant)
 
 
+def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, max_across):
+    """The bound of a global batch split over replicas, from one replica's
+    scores. `sum_across` and `max_across` reduce a scalar over replicas.
+
+    log mean exp T does not decompose into an average of per-replica
+    values, so the global log-sum-exp is formed exactly from the replicas'
+    maxima and sums. Returns (bound, joint_part, marginal_part, joint_term,
+    marginal_term): the first three are the global batch's, the same on
+    every replica; the two terms carry this replica's share of the gradient:
+    summed over replicas, d joint_term = d joint_part and d marginal_term =
+    d marginal_part (d log sum exp T = sum exp(T - log sum exp T) dT).
+    """
+    count = sum_across(tf.cast(tf.size(joint_scores), joint_scores.dtype))
+    constant_joint, constant_marginal = tf.stop_gradient(joint_scores), tf.stop_gradient(marginal_scores)
+    joint_part = sum_across(tf.reduce_sum(constant_joint)) / count
+    joint_term = tf.reduce_sum(joint_scores) / count
+    if estimator == "mine_f":
+        marginal_part = sum_across(tf.reduce_sum(tf.exp(constant_marginal - 1.0))) / count
+        marginal_term = tf.reduce_sum(tf.exp(marginal_scores - 1.0)) / count
+    else:
+        peak = max_across(tf.reduce_max(constant_marginal))
+        log_sum_exp = peak + tf.math.log(sum_across(tf.reduce_sum(tf.exp(constant_marginal - peak))))
+        marginal_part = log_sum_exp - tf.math.log(count)
+        marginal_term = tf.reduce_sum(tf.exp(marginal_scores - log_sum_exp))
+    return joint_part - marginal_part, joint_part, marginal_part, joint_term, marginal_term
+
+
 def split_halves(rows, sample_width):
     """Splits rows of 2 * sample_width columns into (joint, marginal)."""
     return rows[:, :sample_width], rows[:, sample_width:]
@@ -117,8 +144,10 @@ class MineModel(tf.keras.Model):
         self.ema_rate = ema_rate
         self.statistics_network = StatisticsNetwork(hid_width, out_width)
         self.statistics_network.build((None, self.sample_width))
+        # Every replica computes the same global value, so the first one's is kept.
         self.log_moving_average = self.add_weight(
-            shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False, name="log_moving_average"
+            shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False,
+            aggregation="only_first_replica", name="log_moving_average",
         )
 
     def get_config(self):
@@ -143,6 +172,9 @@ class MineModel(tf.keras.Model):
         # cheaper than two, and the weights are shared anyway.
         scores = self.statistics_network(tf.concat([joint, marginal], axis=0))
         joint_scores, marginal_scores = tf.split(scores, 2, axis=0)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+            return self.cross_replica_cost(joint_scores, marginal_scores, replica_context, training)
         bound, joint_part, marginal_part = self.bound(joint_scores, marginal_scores)
         if self.estimator == "mine" and training:
             self.log_moving_average.assign(
@@ -150,3 +182,25 @@ class MineModel(tf.keras.Model):
             )
             return with_averaged_gradient(marginal_part, self.log_moving_average) - joint_part, joint_part, marginal_part
         return -bound, joint_part, marginal_part
+
+    def cross_replica_cost(self, joint_scores, marginal_scores, replica_context, training):
+        """(cost, joint_part, marginal_part) of the global batch on one
+        replica: cost is minus the global bound in value, and its gradient
+        is this replica's share of the global gradient, which the optimizer
+        sums over replicas."""
+
+        def sum_across(value):
+            return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+        def max_across(value):  # ReduceOp has no MAX: gather the maxima
+            return tf.reduce_max(replica_context.all_gather(tf.reshape(value, [1]), axis=0))
+
+        bound, joint_part, marginal_part, joint_term, marginal_term = cross_replica_bound(
+            joint_scores, marginal_scores, self.estimator, sum_across, max_across
+        )
+        marginal_scale = 1.0
+        if self.estimator == "mine" and training:
+            self.log_moving_average.assign(updated_log_moving_average(self.log_moving_average, marginal_part, self.ema_rate))
+            marginal_scale = tf.exp(marginal_part - self.log_moving_average)  # as in with_averaged_gradient
+        surrogate = marginal_scale * marginal_term - joint_term
+        return -bound + surrogate - tf.stop_gradient(surrogate), joint_part, marginal_part

@@ -8,7 +8,16 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import tensorflow as tf  # noqa: E402
+
 from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar_path  # noqa: E402
+
+# Two logical CPU devices for the whole session, so that --strategy
+# mirrored can be tested without GPUs; this must happen before TensorFlow
+# runs its first operation.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 
 @pytest.fixture

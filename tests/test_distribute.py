@@ -1,0 +1,93 @@
+"""tf.distribute: the global bound over replicas equals the single-device
+bound, step for step, and two workers on loopback train as one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mi_main
+from conftest import REPO
+from mi_data_processing import epoch_batches
+from mi_model import ESTIMATORS, MineModel, cross_replica_bound, donsker_varadhan_bound, f_divergence_bound
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
+    joint_scores = tf.random.stateless_normal([40, 1], seed=[1, 1])
+    marginal_scores = tf.random.stateless_normal([40, 1], seed=[2, 2]) * 30.0  # large: logsumexp must stay exact
+    bound_of = f_divergence_bound if estimator == "mine_f" else donsker_varadhan_bound
+    expected = bound_of(joint_scores, marginal_scores)
+    found = cross_replica_bound(joint_scores, marginal_scores, estimator, lambda value: value, lambda value: value)
+    np.testing.assert_allclose([float(value) for value in found[:3]], [float(value) for value in expected], rtol=1e-6)
+
+
+def train_one_epoch(strategy, estimator, initial_weights, full_batches, last_batch):
+    with strategy.scope():
+        model = MineModel(10, 1, 32, 1, estimator)
+        optimizer = tf.keras.optimizers.SGD(0.05)  # see test_training_loop: Adam magnifies float32 noise
+        optimizer.build(model.trainable_variables)
+    model.set_weights(initial_weights)
+    train_step = mi_main.make_train_step(model, optimizer)
+    if strategy.num_replicas_in_sync > 1:
+        shares = mi_main.split_for_replicas(strategy, full_batches, last_batch)
+        means = mi_main.make_distributed_train_epoch(strategy, train_step)(*shares, full_batches.shape[1], last_batch.shape[0])
+    else:
+        means = mi_main.make_train_epoch(train_step, jit=False)(full_batches, last_batch)
+    return means.numpy(), [weight.numpy() for weight in model.weights]
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    # One strategy for all the tests: collective instance keys of several
+    # MirroredStrategy objects in one process can collide.
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_mirrored_replicas_train_exactly_as_one_device(estimator, mirrored):
+    rows = np.random.default_rng(0).standard_normal((70, 22)).astype(np.float32)
+    full_batches, last_batch = next(iter(epoch_batches(rows, 32, seed=0, first_epoch=0, n_epoch=1, resample_latent_dim=1)))
+    initial_weights = MineModel(10, 1, 32, 1, estimator).get_weights()
+    one_means, one_weights = train_one_epoch(tf.distribute.get_strategy(), estimator, initial_weights, full_batches, last_batch)
+    two_means, two_weights = train_one_epoch(mirrored, estimator, initial_weights, full_batches, last_batch)
+    np.testing.assert_allclose(two_means, one_means, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(one_weights[0], initial_weights[0])  # it did train
+    for two, one in zip(two_weights, one_weights):
+        np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_two_workers_on_loopback_give_the_single_process_estimate(known_mi_file, tmp_path):
+    path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=8)
+    flags = ["--input", path, "--n_epoch", "3", "--batch_size", "128", "--hid_width", "32", "--no-jit"]
+    single = mi_main.main([*flags, "--output_dir", str(tmp_path / "single")])
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        environment = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "mi_main.py"), *flags, "--strategy", "multi_worker", "--output_dir", str(tmp_path / "cluster")],
+            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    for worker in workers:
+        output, _ = worker.communicate(timeout=240)
+        assert worker.returncode == 0, output
+    summary = json.loads((tmp_path / "cluster" / mi_main.SUMMARY_FILE).read_text())
+    assert summary["mi_estimate"] == pytest.approx(single["mi_estimate"], abs=1e-3)
+    assert (tmp_path / "cluster" / "worker-1" / mi_main.SUMMARY_FILE).exists()
