@@ -215,6 +215,138 @@ DISTORTIONS = {
 }
 
 
+# Streaming: a binary cache of the text, read back shard by shard.
+CACHE_LINES_PER_CHUNK = 65_536  # text lines parsed per TensorFlow call while building the cache
+SHARD_ROWS = 65_536  # rows read from the cache at a time
+
+
+def _parse_lines(lines, width):
+    """Text lines of `width` numbers, one space apart (as numpy.savetxt
+    writes them), -> [lines, width] float32. Anything else raises."""
+    fields = tf.io.decode_csv(tf.strings.strip(lines), [tf.constant([], tf.float64)] * width, field_delim=" ")
+    return tf.cast(tf.stack(fields, axis=1), tf.float32)
+
+
+def build_cache(path, columns, cache_dir):
+    """Converts the row file once into raw float32 rows in cache_dir, with a
+    JSON description; reused while the source's size and mtime are those
+    recorded. Returns (cache path, rows, width).
+
+    Text as numpy.savetxt writes it (one space between numbers) is parsed
+    by tf.io.decode_csv, many lines per call on every core, with no Python
+    loop per line. Anything it refuses (other spacing, comments, blank
+    lines, a bad token, NaN) is handed to load_rows, which either names the
+    file and line at fault or reads what only it accepts, more slowly.
+    """
+    allowed = columns if isinstance(columns, tuple) else (columns,)
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_path = os.path.join(cache_dir, os.path.basename(path) + ".f32")
+    description_path = cache_path + ".json"
+    try:
+        source = os.stat(path)
+    except OSError:
+        load_rows(path, columns)  # raises the loader's message
+    identity = {"source": os.path.abspath(path), "size": source.st_size, "mtime_ns": source.st_mtime_ns}
+    try:
+        with open(description_path) as stream:
+            description = json.load(stream)
+    except FileNotFoundError:
+        description = None
+    except (OSError, ValueError):
+        raise InputError(f"{description_path}: cache description is corrupt; delete it to rebuild the cache") from None
+    if description is not None and all(description.get(key) == value for key, value in identity.items()):
+        expected = description["rows"] * description["width"] * 4
+        size = os.path.getsize(cache_path) if os.path.exists(cache_path) else None
+        if size != expected:
+            raise InputError(f"{cache_path}: cache is corrupt ({size} bytes, expected {expected}); delete it to rebuild the cache")
+        return cache_path, description["rows"], description["width"]
+
+    width, rows = _first_row_width(path), 0
+    temporary = cache_path + ".partial"
+    with open(temporary, "wb") as stream:
+        try:
+            if width not in allowed:
+                raise ValueError
+            chunks = (
+                tf.data.TextLineDataset(path)
+                .batch(CACHE_LINES_PER_CHUNK)
+                .map(lambda lines: _parse_lines(lines, width), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            )
+            for values in chunks:
+                values = values.numpy()
+                if not np.isfinite(values).all():
+                    raise ValueError
+                stream.write(values.tobytes())
+                rows += len(values)
+        except (ValueError, tf.errors.InvalidArgumentError):
+            values = load_rows(path, columns)  # names the line at fault, or reads what only it accepts
+            stream.seek(0)
+            stream.truncate()
+            stream.write(values.tobytes())
+            rows, width = values.shape
+    if rows == 0:
+        os.unlink(temporary)
+        raise InputError(f"{path}: no data rows")
+    os.replace(temporary, cache_path)
+    save_json(description_path, {**identity, "rows": rows, "width": width})
+    return cache_path, rows, width
+
+
+def _first_row_width(path):
+    """How many numbers the first data line holds (None if there is none)."""
+    with open(path, "rb") as stream:
+        for line in stream:
+            tokens = line.split(b"#", 1)[0].split()
+            if tokens:
+                return len(tokens)
+    return None
+
+
+def read_cached_rows(cache_path, width, first_row, count):
+    """Rows [first_row, first_row + count) of a cache, read from the file
+    (not memory-mapped, so that they do not stay resident)."""
+    return np.fromfile(cache_path, dtype=np.float32, count=count * width, offset=first_row * width * 4).reshape(count, width)
+
+
+def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, shuffle_buffer, transform,
+                   resample_latent_dim=0):
+    """One epoch of the training rows [0, training_rows) of a cache, as a
+    tf.data pipeline of (full_batches, last_batch) chunks (last_batch always
+    empty), in bounded memory.
+
+    The shards of SHARD_ROWS rows are taken in an order fixed by (seed,
+    epoch) and grouped into windows of about shuffle_buffer rows; each
+    window is read, mapped by `transform`, shuffled as a whole and cut into
+    batches in NumPy (one tf.data element per window, prepared while the
+    previous one trains). This approximates a full shuffle: a batch draws
+    from the few shards of its window rather than from the whole file. The
+    rows left over when a window is not a multiple of batch_size are
+    dropped, different ones each epoch. With resample_latent_dim, each
+    batch's z_bar is moved one row along, pairing every x_bar with the z_bar
+    of another row of its batch.
+    """
+    shard_starts = np.arange(0, training_rows, SHARD_ROWS)
+    shards_per_window = max(1, shuffle_buffer // SHARD_ROWS)
+    order = np.random.default_rng([seed, epoch]).permutation(len(shard_starts))
+    windows = [shard_starts[order[first : first + shards_per_window]] for first in range(0, len(order), shards_per_window)]
+
+    def window_batches(index):
+        starts = windows[int(index)]
+        rows = np.concatenate([read_cached_rows(cache_path, width, start, min(SHARD_ROWS, training_rows - start)) for start in starts])
+        rows = transform(rows)[np.random.default_rng([seed, epoch, int(index)]).permutation(len(rows))]
+        steps = len(rows) // batch_size
+        return rows[: steps * batch_size].reshape(steps, batch_size, rows.shape[1])
+
+    def element(index):
+        full = tf.numpy_function(window_batches, [index], tf.float32, stateful=False)
+        full = tf.ensure_shape(full, [None, batch_size, None])
+        if resample_latent_dim:
+            full = tf.concat([full[:, :, :-resample_latent_dim], tf.roll(full[:, :, -resample_latent_dim:], 1, axis=1)], axis=2)
+        return full, tf.zeros([0, tf.shape(full)[2]])
+
+    return tf.data.Dataset.range(len(windows)).map(element).prefetch(1)
+
+
 def make_known_mi_rows(n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"):
     """Rows in the 22-column layout whose true I(X; Z) is `mi_nats`.
 

@@ -25,7 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up
 import tensorflow as tf  # noqa: E402
 
 from mi_data_processing import (  # noqa: E402
+    SHARD_ROWS,
     InputError,
+    build_cache,
+    read_cached_rows,
+    streamed_epoch,
     epoch_batches,
     TRANSFORMS,
     fit_transform_parameters,
@@ -67,6 +71,9 @@ STRATEGY = "default"  # "default": one device; "mirrored": all local GPUs (or CP
 CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
 # Output
 OUTPUT_DIR = "results"
+CACHE_DIR = None  # stream the input from a binary cache here instead of loading it into memory
+SHUFFLE_BUFFER = 262_144  # rows shuffled together when streaming
+TRANSFORM_SAMPLE = 100_000  # training rows the input map is fitted on when streaming
 LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
 CHECKPOINT_EVERY = 1  # epochs between checkpoints; 0: none
 CHECKPOINT_SECONDS = 10  # and at most one per this many seconds (the last epoch's always); 0: no limit
@@ -139,6 +146,8 @@ def parse_args(argv=None):
     data.add_argument("--val_fraction", type=fraction, default=VAL_FRACTION, help="share of rows held out for the estimate; 0 reports the training rows' bound, as the reference")
     data.add_argument("--transform", choices=TRANSFORMS, default=TRANSFORM, help="per-column map fitted on the training rows")
     data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
+    data.add_argument("--cache_dir", default=CACHE_DIR, help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)")
+    data.add_argument("--shuffle_buffer", type=positive(int), default=SHUFFLE_BUFFER, help="rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows")
     data.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
     training = parser.add_argument_group("training")
     training.add_argument("--batch_size", type=positive(int), default=BATCH_SIZE, help="rows per gradient step")
@@ -224,6 +233,81 @@ def split_input(args, rows):
     if args.val_fraction > 0 and len(held_out_rows) < 4:
         fail(f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are needed")
     return training_rows, held_out_rows
+
+
+class TrainingData:
+    """Where an epoch's rows come from: in memory or streamed from a cache.
+
+    epochs(first_epoch) yields, for each epoch from first_epoch on, an
+    iterable of (full_batches, last_batch) chunks for make_train_epoch.
+    """
+
+    def __init__(self, total_rows, training_count, held_out_rows, transform_parameters, epochs):
+        self.total_rows = total_rows
+        self.training_count = training_count
+        self.held_out_rows = held_out_rows
+        self.transform_parameters = transform_parameters
+        self.epochs = epochs
+
+
+def in_memory_data(args, resample_latent_dim):
+    rows = read_input(args)
+    training_rows, held_out_rows = split_input(args, rows)
+    sample_width = args.data_dim + args.latent_dim
+    parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
+    transform = make_transform(args.transform, parameters, sample_width)
+    training_rows = transform(training_rows)
+
+    def epochs(first_epoch):
+        for element in epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
+            yield [element]
+
+    return TrainingData(len(rows), len(training_rows), transform(held_out_rows), parameters, epochs)
+
+
+def streamed_data(args, resample_latent_dim):
+    """The input through a binary cache, in bounded memory. The held-out
+    rows are a fixed block at the end of the file (at most one shard), so
+    the file should be in random order; the input map is fitted on a
+    random sample of TRANSFORM_SAMPLE training rows."""
+    width = args.data_dim + args.latent_dim
+    try:
+        cache_path, total_rows, file_width = build_cache(args.input, (2 * width, width), args.cache_dir)
+    except InputError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--cache_dir {args.cache_dir}: {error.strerror}")
+    if args.data_size is not None and args.data_size != total_rows:
+        fail(f"--data_size {args.data_size} disagrees with {args.input}, which has {total_rows} rows")
+    if file_width == width and args.marginal == "file":
+        fail(f"--marginal file needs the marginal half in {args.input}, which has the joint half alone ({width} columns)")
+    held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
+    training_rows = total_rows - held_out
+    if training_rows < args.batch_size:
+        fail(f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})")
+
+    def full_width(raw):
+        return np.concatenate([raw, raw], axis=1) if file_width == width else raw
+
+    if args.val_fraction > 0 and held_out < 4:
+        fail(f"--val_fraction {args.val_fraction} holds out {held_out} of {total_rows} rows; at least 4 are needed")
+
+    rng = np.random.default_rng(args.seed)
+    keep = min(1.0, TRANSFORM_SAMPLE / training_rows)
+    sample = []
+    for start in range(0, training_rows, SHARD_ROWS):
+        shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
+        sample.append(shard[rng.random(len(shard)) < keep])
+    parameters = fit_transform_parameters(args.transform, full_width(np.concatenate(sample)), width)
+    transform = make_transform(args.transform, parameters, width)
+    held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
+
+    def epochs(first_epoch):
+        for epoch in range(first_epoch, args.n_epoch):
+            yield streamed_epoch(cache_path, file_width, training_rows, args.batch_size, args.seed, epoch,
+                                 args.shuffle_buffer, lambda raw: transform(full_width(raw)), resample_latent_dim)
+
+    return TrainingData(total_rows, training_rows, held_out_rows, parameters, epochs)
 
 
 def make_optimizer(args, total_steps):
@@ -372,7 +456,7 @@ RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "estima
 
 def run_identity(args):
     with open(args.input, "rb") as stream:
-        digest = hashlib.sha256(stream.read()).hexdigest()
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
     return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
 
 
@@ -458,8 +542,9 @@ def main(argv=None):
     if not is_chief(strategy):  # the other workers' files go aside
         args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
         args.logdir = None
-    rows = read_input(args)
-    training_rows, held_out_rows = split_input(args, rows)
+    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
+    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
+    held_out_rows = data.held_out_rows
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
@@ -472,13 +557,8 @@ def main(argv=None):
     truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
 
     sample_width = args.data_dim + args.latent_dim
-    transform_parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
-    transform = make_transform(args.transform, transform_parameters, sample_width)
-    training_rows, held_out_rows = transform(training_rows), transform(held_out_rows)
-    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
-
     tf.keras.utils.set_random_seed(args.seed)
-    n_rows = len(training_rows)
+    n_rows = data.training_count
     with strategy.scope():
         model = MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate)
         optimizer = make_optimizer(args, args.n_epoch * -(-n_rows // args.batch_size))
@@ -520,22 +600,28 @@ def main(argv=None):
         )
 
     flops_per_row = training_flops_per_row(sample_width, args.hid_width, args.out_width)
-    step_seconds = []
+    training_seconds, rows_per_epoch = [], []
     train_start = last_save = time.perf_counter()
-    epochs = epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim)
-    for epoch, (full_batches, last_batch) in enumerate(epochs, first_epoch + 1):
+    for epoch, chunks in enumerate(data.epochs(first_epoch), first_epoch + 1):
         epoch_start = time.perf_counter()
-        if replicated:
-            shares = split_for_replicas(strategy, full_batches, last_batch)
-            bound, joint_part, marginal_part = train_epoch(*shares, args.batch_size, last_batch.shape[0]).numpy()
-        else:
-            bound, joint_part, marginal_part = train_epoch(full_batches, last_batch).numpy()
-        step_seconds.append(time.perf_counter() - epoch_start)
+        totals, rows_trained = np.zeros(3), 0
+        for full_batches, last_batch in chunks:
+            if replicated:
+                shares = split_for_replicas(strategy, full_batches, last_batch)
+                means = train_epoch(*shares, full_batches.shape[1], last_batch.shape[0])
+            else:
+                means = train_epoch(full_batches, last_batch)
+            chunk_rows = full_batches.shape[0] * full_batches.shape[1] + last_batch.shape[0]
+            totals += chunk_rows * means.numpy()
+            rows_trained += chunk_rows
+        bound, joint_part, marginal_part = totals / rows_trained
+        training_seconds.append(time.perf_counter() - epoch_start)
+        rows_per_epoch.append(rows_trained)
         epoch_tensor = tf.constant(epoch, tf.int64)
         bound_a, bound_b = (float(evaluate(rows, epoch_tensor)) for rows in held_out_halves) if half else (np.nan, np.nan)
         held_out_bound = (bound_a + bound_b) / 2
         history.append((bound, joint_part, marginal_part, held_out_bound, bound_a, bound_b))
-        rows_per_second = n_rows / step_seconds[-1]
+        rows_per_second = rows_trained / training_seconds[-1]
 
         with writer.as_default(step=epoch):
             tf.summary.scalar("estimate/training_rows", bound)
@@ -554,8 +640,11 @@ def main(argv=None):
                 f"{rows_per_second:9.0f} rows/s  {rows_per_second * flops_per_row / 1e9:5.1f} GFLOP/s",
                 flush=True,
             )
-        due = epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds
-        if args.checkpoint_every and (due or epoch == args.n_epoch):
+        due = args.checkpoint_every and (
+            epoch == args.n_epoch
+            or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
+        )
+        if due:
             completed_epochs.assign(epoch)
             history_so_far.assign(np.array(history, dtype=np.float64))
             manager.save(checkpoint_number=epoch)
@@ -573,13 +662,13 @@ def main(argv=None):
     save_rows(os.path.join(args.output_dir, PARTS_FILE), history[:, 1:3])
     if half:
         save_rows(os.path.join(args.output_dir, HELD_OUT_FILE), history[:, 3])
-    save_critic(args.output_dir, model, args.transform, transform_parameters)
+    save_critic(args.output_dir, model, args.transform, data.transform_parameters)
     if args.plot:
         save_plot(os.path.join(args.output_dir, PLOT_FILE), history, truth)
 
-    trained_epochs = len(step_seconds)
+    trained_epochs = len(training_seconds)
     # speeds after the first epoch of this process, which also traces and compiles
-    steady_rows_per_second = n_rows * (trained_epochs - 1) / sum(step_seconds[1:]) if trained_epochs > 1 else None
+    steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "mi_estimate": mi_estimate,
         "mi_estimate_from": estimate_from,
@@ -589,14 +678,14 @@ def main(argv=None):
         "estimator": args.estimator,
         "n_epoch": args.n_epoch,
         "resumed_after_epoch": first_epoch if args.resume else None,
-        "rows": len(rows),
+        "rows": data.total_rows,
         "training_rows": n_rows,
         "held_out_rows": len(held_out_rows),
         "batch_size": args.batch_size,
         "seed": args.seed,
         "train_seconds": round(train_seconds, 3),
-        "samples_per_second": round(n_rows * trained_epochs / train_seconds, 1) if trained_epochs else None,
-        "first_epoch_seconds": round(step_seconds[0], 3) if trained_epochs else None,
+        "samples_per_second": round(sum(rows_per_epoch) / train_seconds, 1) if trained_epochs else None,
+        "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
         "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
         "training_gflops_per_second": round(steady_rows_per_second * flops_per_row / 1e9, 2) if steady_rows_per_second else None,
         "training_flops_per_row": flops_per_row,

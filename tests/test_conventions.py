@@ -79,6 +79,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
         np.testing.assert_allclose(resumed_weight.numpy(), whole_weight.numpy(), atol=1e-6)
 
 
+def test_checkpoint_every_zero_writes_none(small_file, tmp_path):
+    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--checkpoint_every", "0", *SMALL_RUN])
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
+    assert (tmp_path / mi_main.SUMMARY_FILE).exists()
+
+
 def test_resume_refuses_another_shape_or_input(small_file, known_mi_file, tmp_path, capsys):
     flags = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", *SMALL_RUN]
     run(flags, capsys)

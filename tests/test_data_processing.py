@@ -6,9 +6,13 @@ import os
 import numpy as np
 import pytest
 
+import mi_data_processing
 from mi_data_processing import (
     DISTORTIONS,
     InputError,
+    build_cache,
+    read_cached_rows,
+    streamed_epoch,
     epoch_batches,
     fit_transform,
     load_rows,
@@ -190,3 +194,56 @@ def test_resampled_epochs_pair_x_bar_with_a_new_z_bar_every_epoch():
         assert np.all(partner != seen[:, 2])
         pairings.append(tuple(partner[np.argsort(seen[:, 2])]))
     assert len(set(pairings)) == 3
+
+
+def test_cache_matches_the_loader_and_is_reused_until_the_source_changes(tmp_path):
+    rows, _ = make_known_mi_rows(300, 0.5, seed=9)
+    path = str(tmp_path / "rows.dat")
+    np.savetxt(path, rows)
+    cache_path, count, width = build_cache(path, (22, 11), str(tmp_path / "cache"))
+    assert (count, width) == (300, 22)
+    np.testing.assert_array_equal(read_cached_rows(cache_path, width, 0, count), load_rows(path, 22))
+    built = os.path.getmtime(cache_path)
+    assert build_cache(path, (22, 11), str(tmp_path / "cache"))[1] == 300 and os.path.getmtime(cache_path) == built
+    np.savetxt(path, rows[:200])  # the source changes: size and mtime
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert build_cache(path, (22, 11), str(tmp_path / "cache"))[1] == 200
+
+
+def test_cache_of_a_file_only_the_careful_loader_reads(tmp_path):
+    path = write(tmp_path, "\ufeff# made by hand\n1  2\t3\n\n4 5 6\r\n")
+    cache_path, count, width = build_cache(path, 3, str(tmp_path / "cache"))
+    np.testing.assert_array_equal(read_cached_rows(cache_path, width, 0, count), [[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(InputError, match="line 2: 'x' is not a number"):
+        build_cache(write(tmp_path, "1 2 3\n4 x 6\n", "bad.dat"), 3, str(tmp_path / "cache"))
+
+
+def test_corrupt_cache_is_refused_with_a_clear_error(tmp_path):
+    path = write(tmp_path, "1 2 3\n4 5 6\n")
+    cache_path, _, _ = build_cache(path, 3, str(tmp_path / "cache"))
+    with open(cache_path, "r+b") as stream:
+        stream.truncate(10)
+    with pytest.raises(InputError, match="cache is corrupt.*delete it"):
+        build_cache(path, 3, str(tmp_path / "cache"))
+    with open(cache_path + ".json", "w") as stream:
+        stream.write("{not json")
+    with pytest.raises(InputError, match="description is corrupt"):
+        build_cache(path, 3, str(tmp_path / "cache"))
+
+
+def test_streamed_and_in_memory_epochs_see_every_row_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(mi_data_processing, "SHARD_ROWS", 16)  # several shards from a small file
+    n_rows = 96
+    rows = np.column_stack([np.arange(n_rows)] * 4).astype(np.float32)
+    path = str(tmp_path / "rows.dat")
+    np.savetxt(path, rows)
+    cache_path, count, width = build_cache(path, 4, str(tmp_path / "cache"))
+    in_memory = epochs_as_arrays(rows, 8, seed=0, first_epoch=0, n_epoch=2)
+    orders = []
+    for epoch in range(2):
+        chunks = streamed_epoch(cache_path, width, count, 8, seed=0, epoch=epoch, shuffle_buffer=32, transform=lambda raw: raw)
+        seen = np.concatenate([full.numpy().reshape(-1, 4) for full, last in chunks])
+        np.testing.assert_array_equal(np.sort(seen[:, 0]), rows[:, 0])
+        np.testing.assert_array_equal(np.sort(in_memory[epoch][:, 0]), rows[:, 0])
+        orders.append(tuple(seen[:, 0]))
+    assert orders[0] != orders[1]

@@ -176,3 +176,14 @@ def test_the_reference_run_on_its_own_sample(tmp_path, capsys):
     assert status == 0
     estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
     assert estimates.shape == (10,) and np.isfinite(estimates).all()
+
+
+def test_streamed_run_from_a_cache(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=6)
+    flags = ["--input", path, "--cache_dir", str(tmp_path / "cache"), "--n_epoch", "30"]
+    status, _, _ = run_main([*flags, "--output_dir", str(tmp_path / "out")], capsys)
+    assert status == 0
+    summary = json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())
+    assert summary["rows"] == 2000 and summary["held_out_rows"] == 400
+    assert summary["mi_estimate"] == pytest.approx(0.5, abs=0.15)
+    assert os.listdir(tmp_path / "cache")
