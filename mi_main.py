@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -428,6 +429,69 @@ def make_distributed_train_epoch(strategy, train_step):
     return train_epoch
 
 
+LOCK_FILE = ".lock"
+
+
+def acquire_lock(output_dir):
+    """Claims output_dir for this process, or ends the run naming the
+    process that holds it. A lock left by a process that no longer runs is
+    taken over. Returns the lock file's path."""
+    path = os.path.join(output_dir, LOCK_FILE)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as stream:
+                    holder = int(stream.read().strip())
+            except (OSError, ValueError):
+                holder = None
+            if holder is not None and process_exists(holder):
+                fail(f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or choose another --output_dir")
+            try:
+                os.unlink(path)  # stale: its process is gone
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
+        return path
+    fail(f"--output_dir {output_dir}: cannot take its lock file {path}")
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StopRequest:
+    """Turns the first SIGINT or SIGTERM into a request to stop after the
+    epoch in progress (its TensorFlow call cannot be cut short); a second
+    one exits at once. Every output file is replaced atomically, so
+    exiting at any moment leaves each one whole."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+
+    def handle(self, number, frame):
+        if self.signal is not None:
+            os._exit(128 + number)
+        self.signal = number
+        print(f"\n{signal.Signals(number).name}: stopping after this epoch (again to stop at once)", file=sys.stderr, flush=True)
+
+    def restore(self):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
 def make_evaluator(model, seed, passes, resample_latent_dim):
     """A tf.function (rows, epoch) -> the bound on all `rows` in one batch,
     averaged over `passes` fresh marginal pairings (streams 1.. keep them
@@ -544,11 +608,25 @@ def main(argv=None):
         args.logdir = None
     resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
     data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
-    held_out_rows = data.held_out_rows
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
         fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
+    lock = acquire_lock(args.output_dir)
+    stop = StopRequest()
+    try:
+        return train(args, strategy, data, stop)
+    finally:
+        stop.restore()
+        os.unlink(lock)
+
+
+def train(args, strategy, data, stop):
+    """Trains, writes the outputs, and returns the summary. On divergence
+    or a stop request the outputs of the completed epochs are written, and
+    the run ends with exit status 3, or 128 + the signal's number."""
+    held_out_rows = data.held_out_rows
+    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
     identity = run_identity(args)
     if args.resume:
@@ -601,6 +679,7 @@ def main(argv=None):
 
     flops_per_row = training_flops_per_row(sample_width, args.hid_width, args.out_width)
     training_seconds, rows_per_epoch = [], []
+    diverged_in = None
     train_start = last_save = time.perf_counter()
     for epoch, chunks in enumerate(data.epochs(first_epoch), first_epoch + 1):
         epoch_start = time.perf_counter()
@@ -615,6 +694,11 @@ def main(argv=None):
             totals += chunk_rows * means.numpy()
             rows_trained += chunk_rows
         bound, joint_part, marginal_part = totals / rows_trained
+        if not np.isfinite(totals).all():
+            # A non-finite loss or gradient poisons every later step of the
+            # epoch; nothing of this epoch is kept, the last checkpoint stays.
+            diverged_in = epoch
+            break
         training_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
         epoch_tensor = tf.constant(epoch, tf.int64)
@@ -642,6 +726,7 @@ def main(argv=None):
             )
         due = args.checkpoint_every and (
             epoch == args.n_epoch
+            or stop.signal is not None
             or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
         )
         if due:
@@ -649,31 +734,45 @@ def main(argv=None):
             history_so_far.assign(np.array(history, dtype=np.float64))
             manager.save(checkpoint_number=epoch)
             last_save = time.perf_counter()
+        if stop.signal is not None:
+            break
     train_seconds = time.perf_counter() - train_start
+    status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
     writer.flush()
 
     history = np.array(history, dtype=np.float64).reshape(-1, 6)
-    if half:
+    if not len(history):
+        mi_estimate, estimate_from = None, "no completed epoch"
+    elif half:
         mi_estimate, best_a, best_b = cross_selected_estimate(history[:, 4], history[:, 5])
         estimate_from = f"held-out bound at the best epochs of the other half ({best_a}, {best_b})"
     else:
         mi_estimate, estimate_from = float(history[-1, 0]), "training rows' bound, last epoch"
-    save_rows(os.path.join(args.output_dir, ESTIMATE_FILE), history[:, 0])
-    save_rows(os.path.join(args.output_dir, PARTS_FILE), history[:, 1:3])
-    if half:
-        save_rows(os.path.join(args.output_dir, HELD_OUT_FILE), history[:, 3])
-    save_critic(args.output_dir, model, args.transform, data.transform_parameters)
-    if args.plot:
-        save_plot(os.path.join(args.output_dir, PLOT_FILE), history, truth)
+    try:
+        save_rows(os.path.join(args.output_dir, ESTIMATE_FILE), history[:, 0])
+        save_rows(os.path.join(args.output_dir, PARTS_FILE), history[:, 1:3])
+        if half:
+            save_rows(os.path.join(args.output_dir, HELD_OUT_FILE), history[:, 3])
+        if status != "diverged":
+            save_critic(args.output_dir, model, args.transform, data.transform_parameters)
+        if args.plot and len(history):
+            save_plot(os.path.join(args.output_dir, PLOT_FILE), history, truth)
+    except OSError as error:
+        print(f"mi_main.py: error: cannot write the results to {args.output_dir}: {error.strerror}; "
+              "the files already there are the previous complete ones", file=sys.stderr)
+        raise SystemExit(1) from None
 
     trained_epochs = len(training_seconds)
     # speeds after the first epoch of this process, which also traces and compiles
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
+        "status": status,
+        "epochs_completed": first_epoch + trained_epochs,
+        "diverged_in_epoch": diverged_in,
         "mi_estimate": mi_estimate,
         "mi_estimate_from": estimate_from,
-        "held_out_last_epoch": float(history[-1, 3]),
-        "training_rows_estimate": float(history[-1, 0]),
+        "held_out_last_epoch": float(history[-1, 3]) if len(history) else None,
+        "training_rows_estimate": float(history[-1, 0]) if len(history) else None,
         "true_mi_nats": truth,
         "estimator": args.estimator,
         "n_epoch": args.n_epoch,
@@ -691,7 +790,19 @@ def main(argv=None):
         "training_flops_per_row": flops_per_row,
         "hyperparameters": vars(args),
     }
-    save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+    try:
+        save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+    except OSError as error:
+        print(f"mi_main.py: error: cannot write {SUMMARY_FILE} to {args.output_dir}: {error.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if diverged_in:
+        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {diverged_in}; the {len(history)} completed "
+              f"epochs are in {args.output_dir}/; try a smaller --lr or --estimator mine_f", file=sys.stderr)
+        raise SystemExit(3)
+    if stop.signal is not None:
+        print(f"stopped by {signal.Signals(stop.signal).name} after {len(history)} epochs; their results are in "
+              f"{args.output_dir}/ (continue with --resume)", file=sys.stderr)
+        raise SystemExit(128 + stop.signal)
     print(
         f"estimated I(X; Z) = {mi_estimate:.4f} nats"
         + (f" (true {truth})" if truth is not None else "")
