@@ -10,6 +10,7 @@ sys.path.insert(0, REPO)
 
 import tensorflow as tf  # noqa: E402
 
+import mi_main  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar_path  # noqa: E402
 
 # Two logical CPU devices for the whole session, so that --strategy
@@ -18,6 +19,18 @@ from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+
+
+def run_main(argv, capsys=None):
+    """Runs mi_main.main in this process; returns (exit status, stdout, stderr),
+    the last two captured when capsys is given."""
+    try:
+        mi_main.main(argv)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code
+    captured = capsys.readouterr() if capsys else None
+    return status, captured and captured.out, captured and captured.err
 
 
 @pytest.fixture

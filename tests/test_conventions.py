@@ -10,20 +10,13 @@ import pytest
 import tensorflow as tf
 
 import mi_main
+from conftest import run_main
 from mi_data_processing import make_transform
 from mi_model import MineModel
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
 
-def run(argv, capsys=None):
-    try:
-        mi_main.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    captured = capsys.readouterr() if capsys else None
-    return status, captured
 
 
 @pytest.fixture
@@ -32,7 +25,7 @@ def small_file(known_mi_file):
 
 
 def test_event_files_hold_the_scalars(small_file, tmp_path):
-    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
+    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     values = {}
     for event_file in (tmp_path / "logs").iterdir():
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
@@ -46,7 +39,7 @@ def test_event_files_hold_the_scalars(small_file, tmp_path):
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp_path, monkeypatch):
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     flags = ["--input", small_file, "--n_epoch", "6", "--checkpoint_seconds", "0", *SMALL_RUN]
-    run([*flags, "--output_dir", str(whole)])
+    run_main([*flags, "--output_dir", str(whole)])
 
     real_make_train_epoch = mi_main.make_train_epoch
 
@@ -64,11 +57,11 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
 
     monkeypatch.setattr(mi_main, "make_train_epoch", stops_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
-        run([*flags, "--output_dir", str(interrupted)])
+        run_main([*flags, "--output_dir", str(interrupted)])
     monkeypatch.undo()
     assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-3")
 
-    run([*flags, "--output_dir", str(interrupted), "--resume"])
+    run_main([*flags, "--output_dir", str(interrupted), "--resume"])
     for name in [mi_main.ESTIMATE_FILE, mi_main.PARTS_FILE, mi_main.HELD_OUT_FILE]:
         resumed, uninterrupted = np.loadtxt(interrupted / name), np.loadtxt(whole / name)
         assert len(resumed) == 6
@@ -80,54 +73,54 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
 
 
 def test_checkpoint_every_zero_writes_none(small_file, tmp_path):
-    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--checkpoint_every", "0", *SMALL_RUN])
+    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--checkpoint_every", "0", *SMALL_RUN])
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
     assert (tmp_path / mi_main.SUMMARY_FILE).exists()
 
 
 def test_resume_refuses_another_shape_or_input(small_file, known_mi_file, tmp_path, capsys):
     flags = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", *SMALL_RUN]
-    run(flags, capsys)
-    status, captured = run([*flags, "--resume", "--hid_width", "16"], capsys)
-    assert status == 2 and "--hid_width 32, not 16" in captured.err
+    run_main(flags, capsys)
+    status, out, err = run_main([*flags, "--resume", "--hid_width", "16"], capsys)
+    assert status == 2 and "--hid_width 32, not 16" in err
     other = known_mi_file(n_rows=1000, mi_nats=0.5, seed=6, name="other.dat")
-    status, captured = run([*flags, "--resume", "--input", other], capsys)
-    assert status == 2 and "not the input file" in captured.err
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path / "empty"), "--resume"], capsys)
-    assert status == 2 and "no checkpoint" in captured.err
+    status, out, err = run_main([*flags, "--resume", "--input", other], capsys)
+    assert status == 2 and "not the input file" in err
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path / "empty"), "--resume"], capsys)
+    assert status == 2 and "no checkpoint" in err
 
 
 def test_flags_file_round_trip(small_file, tmp_path):
     argv = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--no-jit", "--lr", "0.002", *SMALL_RUN]
-    run(argv)
+    run_main(argv)
     written = (tmp_path / mi_main.FLAGS_FILE).read_text()
     assert "--no-jit" in written and "--lr 0.002" in written
     assert vars(mi_main.parse_args([f"@{tmp_path / mi_main.FLAGS_FILE}"])) == vars(mi_main.parse_args(argv))
 
 
 def test_quiet_prints_only_the_final_line(small_file, tmp_path, capsys):
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--quiet", *SMALL_RUN], capsys)
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--quiet", *SMALL_RUN], capsys)
     assert status == 0
-    assert len(captured.out.strip().splitlines()) == 1 and captured.out.startswith("estimated I(X; Z)")
+    assert len(out.strip().splitlines()) == 1 and out.startswith("estimated I(X; Z)")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is optional")
 def test_plot_is_a_png(small_file, tmp_path):
-    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--plot", *SMALL_RUN])
+    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--plot", *SMALL_RUN])
     assert (tmp_path / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, capsys, monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest))
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path / "out"), "--plot"], capsys)
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path / "out"), "--plot"], capsys)
     assert status == 2
-    assert captured.err.strip() == "mi_main.py: error: --plot needs matplotlib, which is not installed: pip install matplotlib"
+    assert err.strip() == "mi_main.py: error: --plot needs matplotlib, which is not installed: pip install matplotlib"
     assert not (tmp_path / "out").exists()
 
 
 def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp_path, capsys):
-    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
+    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
     trained = MineModel(10, 1, 32, 1)
     tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
@@ -136,24 +129,24 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     rows = tf.constant(transform(np.loadtxt(small_file)))
     np.testing.assert_allclose(critic(rows)[0].numpy(), trained(rows)[0].numpy(), rtol=1e-6)
 
-    status, captured = run(["--input", small_file, "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)
-    assert status == 0 and "nats" in captured.out
+    status, out, err = run_main(["--input", small_file, "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)
+    assert status == 0 and "nats" in out
     again = mi_main.main(["--input", small_file, "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)])
-    reported = captured.out.strip().splitlines()[-1]
+    reported = out.strip().splitlines()[-1]
     assert reported.startswith("bound of") and float(reported.split(": ")[1].split()[0]) == pytest.approx(again["mi_estimate"], abs=1e-4)
 
 
 def test_evaluate_only_applies_the_column_checks(small_file, tmp_path, capsys):
-    run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN])
+    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN])
     bad = tmp_path / "bad.dat"
     bad.write_text("1 2 3\n")
-    status, captured = run(["--input", str(bad), "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)
-    assert status == 2 and "line 1: 3 columns" in captured.err
+    status, out, err = run_main(["--input", str(bad), "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)
+    assert status == 2 and "line 1: 3 columns" in err
 
 
 def test_terminal_gets_a_progress_bar_instead_of_epoch_lines(small_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN], capsys)
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN], capsys)
     assert status == 0
-    assert "3/3" in captured.out and "held-out" in captured.out
-    assert not any(line.startswith("epoch ") for line in captured.out.splitlines())
+    assert "3/3" in out and "held-out" in out
+    assert not any(line.startswith("epoch ") for line in out.splitlines())

@@ -10,21 +10,10 @@ import numpy as np
 import pytest
 
 import mi_main
-from conftest import REPO
+from conftest import REPO, run_main
 from mi_data_processing import make_known_mi_rows
 
 SHARED_SAMPLE = os.path.join(REPO, "..", "shared", "reference_sample", "combined_input.dat")
-
-
-def run_main(argv, capsys):
-    """Runs mi_main.main in this process; returns (exit status, stdout, stderr)."""
-    try:
-        mi_main.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def write_rows(tmp_path, rows, name="rows.dat"):

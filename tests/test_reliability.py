@@ -14,19 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mi_main
-from conftest import REPO
+from conftest import REPO, run_main
 from mi_data_processing import InputError, load_rows
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
 
-def run(argv, capsys):
-    try:
-        mi_main.main(argv)
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    return status, capsys.readouterr()
 
 
 @pytest.fixture
@@ -35,10 +28,10 @@ def small_file(known_mi_file):
 
 
 def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path, capsys):
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "4", "--optimizer", "sgd",
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "4", "--optimizer", "sgd",
                             "--lr", "1e9", "--checkpoint_seconds", "0", *SMALL_RUN], capsys)
     assert status == 3
-    assert captured.err.strip().count("\n") == 0 and "smaller --lr" in captured.err
+    assert err.strip().count("\n") == 0 and "smaller --lr" in err
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and summary["diverged_in_epoch"] == summary["epochs_completed"] + 1
     estimates = np.array((tmp_path / mi_main.ESTIMATE_FILE).read_text().split(), dtype=float)
@@ -68,37 +61,36 @@ def test_a_signal_stops_after_the_epoch_and_keeps_its_results(known_mi_file, tmp
 
 def test_a_failed_write_leaves_the_previous_files_whole(small_file, tmp_path, capsys, monkeypatch):
     flags = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", *SMALL_RUN]
-    assert run(flags, capsys)[0] == 0
+    assert run_main(flags, capsys)[0] == 0
     before = {name: (tmp_path / name).read_bytes() for name in [mi_main.ESTIMATE_FILE, mi_main.SUMMARY_FILE]}
 
     def disk_full(path, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(mi_main, "save_rows", disk_full)
-    status, captured = run([*flags, "--n_epoch", "3"], capsys)
-    assert status == 1 and "No space left on device" in captured.err
+    status, out, err = run_main([*flags, "--n_epoch", "3"], capsys)
+    assert status == 1 and "No space left on device" in err
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_a_second_run_into_the_same_directory_is_refused(small_file, tmp_path, capsys):
     (tmp_path / mi_main.LOCK_FILE).write_text(f"{os.getppid()}\n")  # a live process
-    status, captured = run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
-    assert status == 2 and f"process {os.getppid()}" in captured.err
+    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
+    assert status == 2 and f"process {os.getppid()}" in err
 
 
 def test_a_stale_lock_is_taken_over(small_file, tmp_path, capsys):
-    finished = subprocess.run(["true"])
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / mi_main.LOCK_FILE).write_text(f"{dead.pid}\n")
-    status, _ = run(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
-    assert finished.returncode == 0 and status == 0
+    status, _, _ = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
+    assert status == 0
     assert not (tmp_path / mi_main.LOCK_FILE).exists()
 
 
 def test_same_seed_gives_identical_estimate_files(small_file, tmp_path, capsys):
     for name in ["first", "second"]:
-        run(["--input", small_file, "--output_dir", str(tmp_path / name), "--n_epoch", "3", *SMALL_RUN], capsys)
+        run_main(["--input", small_file, "--output_dir", str(tmp_path / name), "--n_epoch", "3", *SMALL_RUN], capsys)
     for name in [mi_main.ESTIMATE_FILE, mi_main.PARTS_FILE, mi_main.HELD_OUT_FILE]:
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
