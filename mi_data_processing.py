@@ -100,6 +100,10 @@ TRANSFORMS = ("rank", "standardize", "none")
 def fit_transform_parameters(kind, training_rows, sample_width):
     """What a per-column map learns from the training rows' joint half.
 
+    Any invertible map of each coordinate leaves the mutual information
+    unchanged, but the network trains far better on well-scaled,
+    light-tailed inputs.
+
       none:        nothing: the values as they are (the reference);
       standardize: each column's mean and spread, for zero mean, unit variance;
       rank:        each column's sorted values: the empirical CDF,
@@ -142,16 +146,6 @@ def make_transform(kind, parameters, sample_width):
         return np.concatenate([column_map(rows[:, :sample_width]), column_map(rows[:, sample_width:])], axis=1).astype(np.float32)
 
     return transform
-
-
-def fit_transform(kind, training_rows, sample_width):
-    """Fits a per-column map on the training rows; returns rows -> rows.
-
-    Any invertible map of each coordinate leaves the mutual information
-    unchanged, but the network trains far better on well-scaled,
-    light-tailed inputs. See fit_transform_parameters for the kinds.
-    """
-    return make_transform(kind, fit_transform_parameters(kind, training_rows, sample_width), sample_width)
 
 
 def epoch_order(n_rows, seed, epoch, stream=0):

@@ -11,14 +11,15 @@ from mi_data_processing import (
     DISTORTIONS,
     InputError,
     build_cache,
-    read_cached_rows,
-    streamed_epoch,
     epoch_batches,
-    fit_transform,
+    fit_transform_parameters,
     load_rows,
     make_known_mi_rows,
+    make_transform,
+    read_cached_rows,
     repair_marginals,
     split_rows,
+    streamed_epoch,
 )
 
 SHARED_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference_sample", "combined_input.dat")
@@ -66,6 +67,10 @@ def test_bad_content_names_the_file_and_line(tmp_path, text, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_rows(str(tmp_path / "absent.dat"), 22)
+
+
+def fit_transform(kind, training_rows, sample_width):
+    return make_transform(kind, fit_transform_parameters(kind, training_rows, sample_width), sample_width)
 
 
 def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
