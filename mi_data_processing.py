@@ -97,6 +97,14 @@ def split_rows(rows, val_fraction, seed):
 TRANSFORMS = ("rank", "standardize", "none")
 
 
+def fold_rows(rows, folds, fold, seed):
+    """(training, held_out) for cross-fitting: the rows cut at random
+    (fixed by `seed`) into `folds` near-equal folds; fold number `fold` is
+    held out, in random order, and the others train."""
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(rows)), folds)
+    return rows[np.concatenate(parts[:fold] + parts[fold + 1 :])], rows[parts[fold]]
+
+
 def fit_transform_parameters(kind, training_rows, sample_width):
     """What a per-column map learns from the training rows' joint half.
 

@@ -29,6 +29,7 @@ from mi_data_processing import (  # noqa: E402
     SHARD_ROWS,
     InputError,
     build_cache,
+    fold_rows,
     read_cached_rows,
     streamed_epoch,
     epoch_batches,
@@ -44,7 +45,7 @@ from mi_data_processing import (  # noqa: E402
     write_atomically,
 )
 from mi_layers import training_flops_per_row  # noqa: E402
-from mi_model import ESTIMATORS, MineModel, cross_selected_estimate  # noqa: E402
+from mi_model import ESTIMATORS, MineModel, cross_fitted_interval, cross_selected_estimate  # noqa: E402
 
 # Model
 HID_WIDTH = 128  # units in each of T's two hidden layers
@@ -57,6 +58,7 @@ EMA_RATE = 0.01  # weight of each batch in mine's moving average of mean exp T
 INPUT = "data/input_set.dat"
 DATA_SIZE = None  # rows expected in the input; None takes the file's count
 VAL_FRACTION = 0.2  # share of rows held out to evaluate the bound on; 0: none (the reference)
+FOLDS = 1  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
 TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
 MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
 EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
@@ -145,6 +147,7 @@ def parse_args(argv=None):
     data.add_argument("--input", default=INPUT, help="row file: x, z, x_bar, z_bar per line, or x, z alone")
     data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
     data.add_argument("--val_fraction", type=fraction, default=VAL_FRACTION, help="share of rows held out for the estimate; 0 reports the training rows' bound, as the reference")
+    data.add_argument("--folds", type=positive(int), default=FOLDS, help="cross-fit over this many folds (replaces --val_fraction): the estimate is their mean, with a standard error and a 95%% interval")
     data.add_argument("--transform", choices=TRANSFORMS, default=TRANSFORM, help="per-column map fitted on the training rows")
     data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
     data.add_argument("--cache_dir", default=CACHE_DIR, help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)")
@@ -251,9 +254,14 @@ class TrainingData:
         self.epochs = epochs
 
 
-def in_memory_data(args, resample_latent_dim):
+def in_memory_data(args, resample_latent_dim, fold=None):
     rows = read_input(args)
-    training_rows, held_out_rows = split_input(args, rows)
+    if fold is None:
+        training_rows, held_out_rows = split_input(args, rows)
+    else:
+        training_rows, held_out_rows = fold_rows(rows, args.folds, fold, args.seed)
+        if len(training_rows) < args.batch_size or len(held_out_rows) < 4:
+            fail(f"{args.input} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
     parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
     transform = make_transform(args.transform, parameters, sample_width)
@@ -607,7 +615,10 @@ def main(argv=None):
         args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
         args.logdir = None
     resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
-    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
+    if args.folds > 1 and args.cache_dir:
+        fail("--folds needs the rows in memory; it does not combine with --cache_dir")
+    if args.folds == 1:
+        data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
@@ -615,10 +626,50 @@ def main(argv=None):
     lock = acquire_lock(args.output_dir)
     stop = StopRequest()
     try:
-        return train(args, strategy, data, stop)
+        if args.folds == 1:
+            return train(args, strategy, data, stop)
+        return cross_fit(args, strategy, resample_latent_dim, stop)
     finally:
         stop.restore()
         os.unlink(lock)
+
+
+def cross_fit(args, strategy, resample_latent_dim, stop):
+    """--folds K: K runs, the critic of run k trained on every fold but k
+    and read on fold k (each run's outputs in OUTPUT_DIR/fold-k); the
+    estimate is the mean of the K held-out estimates."""
+    fold_summaries = []
+    for fold in range(args.folds):
+        fold_args = argparse.Namespace(**{**vars(args), "output_dir": os.path.join(args.output_dir, f"fold-{fold + 1}")})
+        os.makedirs(fold_args.output_dir, exist_ok=True)
+        fold_summaries.append(train(fold_args, strategy, in_memory_data(fold_args, resample_latent_dim, fold), stop))
+    estimates = [summary["mi_estimate"] for summary in fold_summaries]
+    mi_estimate, mi_stderr, mi_ci95 = cross_fitted_interval(estimates)
+    truth = fold_summaries[0]["true_mi_nats"]
+    summary = {
+        "status": "completed",
+        "mi_estimate": mi_estimate,
+        "mi_stderr": mi_stderr,
+        "mi_ci95": list(mi_ci95),
+        "mi_estimate_from": f"mean of {args.folds} cross-fitted folds' held-out estimates",
+        "folds": args.folds,
+        "fold_estimates": estimates,
+        "true_mi_nats": truth,
+        "estimator": args.estimator,
+        "n_epoch": args.n_epoch,
+        "rows": fold_summaries[0]["rows"],
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "train_seconds": round(sum(summary["train_seconds"] for summary in fold_summaries), 3),
+        "hyperparameters": vars(args),
+    }
+    save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+    print(
+        f"estimated I(X; Z) = {mi_estimate:.4f} ± {mi_stderr:.4f} nats (95 % interval {mi_ci95[0]:.4f} to {mi_ci95[1]:.4f}, "
+        f"{args.folds} folds)" + (f" (true {truth})" if truth is not None else "")
+        + f" in {summary['train_seconds']:.1f} s; results in {args.output_dir}/"
+    )
+    return summary
 
 
 def train(args, strategy, data, stop):
@@ -767,6 +818,7 @@ def train(args, strategy, data, stop):
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "status": status,
+        "folds": 1,
         "epochs_completed": first_epoch + trained_epochs,
         "diverged_in_epoch": diverged_in,
         "mi_estimate": mi_estimate,

@@ -122,6 +122,27 @@ def cross_selected_estimate(bounds_a, bounds_b):
     return 0.5 * (float(bounds_b[best_a]) + float(bounds_a[best_b])), best_a + 1, best_b + 1
 
 
+# Two-sided 95 % quantiles of Student's t by degrees of freedom.
+T_QUANTILE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def cross_fitted_interval(fold_estimates):
+    """(mean, standard error, 95 % interval) of cross-fitted fold estimates.
+
+    Each fold's estimate is read on rows its critic never trained on, so
+    its spread around the mean holds both the evaluation noise of its rows
+    and the variation between critics: the standard error of the mean is
+    sd / sqrt(K), with Student's t for K - 1 degrees of freedom. The folds'
+    training sets overlap, which makes their estimates slightly correlated
+    and this standard error somewhat optimistic (Bengio & Grandvalet 2004).
+    """
+    estimates = np.asarray(fold_estimates, dtype=np.float64)
+    mean = float(estimates.mean())
+    stderr = float(estimates.std(ddof=1) / np.sqrt(len(estimates)))
+    half_width = T_QUANTILE_975.get(len(estimates) - 1, 1.96 + 2.5 / (len(estimates) - 1)) * stderr
+    return mean, stderr, (mean - half_width, mean + half_width)
+
+
 ESTIMATORS = ("mine", "mine_biased", "mine_f")
 
 

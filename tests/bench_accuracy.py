@@ -56,13 +56,14 @@ def main():
     args = parser.parse_args()
 
     print(f"rows {args.rows}, seeds {args.seeds}, mi_main flags: {' '.join(args.flags) or '(defaults)'}")
-    header = "| task | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | s per estimate |"
-    print(header + "\n|" + " --- |" * 7, flush=True)
-    errors = {}
+    header = ("| task | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
+              "95 % interval covers truth | mean interval width | s per estimate |")
+    print(header + "\n|" + " --- |" * 9, flush=True)
+    errors, coverage, interval_widths = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.tasks:
             truth, generator_options = TASKS[name]
-            estimates, last_epoch, seconds = [], [], []
+            estimates, last_epoch, seconds, covered, widths = [], [], [], [], []
             for seed in range(args.seeds):
                 rows, description = make_known_mi_rows(args.rows, truth, seed=1000 + seed, **generator_options)
                 path = os.path.join(scratch, f"{name}-{seed}.dat")
@@ -70,19 +71,33 @@ def main():
                 save_json(sidecar_path(path), description)
                 summary, train_seconds = estimate(path, seed, args.flags, os.path.join(scratch, "out"))
                 estimates.append(summary["mi_estimate"])
-                last_epoch.append(summary["held_out_last_epoch"])
+                if "mi_ci95" in summary:  # cross-fitted: the held-out figures are the folds'
+                    low, high = summary["mi_ci95"]
+                    covered.append(low <= truth <= high)
+                    widths.append(high - low)
+                else:
+                    last_epoch.append(summary["held_out_last_epoch"])
                 seconds.append(train_seconds)
             estimates = np.array(estimates)
             errors[name] = (truth, estimates - truth)
+            coverage[name] = (truth, covered)
+            if widths:
+                interval_widths[name] = (truth, np.mean(widths))
             print(
                 f"| {name} | {truth:.1f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
                 f"{estimates.mean() - truth:+.3f} | {np.abs(estimates - truth).max():.3f} | "
-                f"{np.mean(last_epoch):.3f} | {np.mean(seconds):.1f} |",
+                f"{np.mean(last_epoch) if last_epoch else float('nan'):.3f} | "
+                f"{f'{sum(covered)} of {len(covered)}' if covered else '-'} | {np.mean(widths) if widths else float('nan'):.3f} | "
+                f"{np.mean(seconds):.1f} |",
                 flush=True,
             )
     small = np.concatenate([error for truth, error in errors.values() if truth <= 2])
     if small.size:
         print(f"tasks with MI <= 2: mean absolute error {np.abs(small).mean():.3f}, worst {np.abs(small).max():.3f}")
+    small_coverage = [hit for truth, hits in coverage.values() if truth <= 2 for hit in hits]
+    if small_coverage:
+        print(f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of {len(small_coverage)} cases, "
+              f"mean width {np.mean([width for truth, width in interval_widths.values() if truth <= 2]):.3f}")
 
 
 if __name__ == "__main__":

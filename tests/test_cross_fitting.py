@@ -1,0 +1,56 @@
+"""--folds: disjoint folds covering every row, the standard error, and the
+interval written to summary.json."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import mi_main
+from conftest import run_main
+from mi_data_processing import fold_rows
+from mi_model import cross_fitted_interval
+
+SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
+
+
+def test_folds_are_disjoint_and_cover_every_row_once():
+    rows = np.arange(103, dtype=np.float32).reshape(103, 1)
+    held_out = []
+    for fold in range(4):
+        training, evaluated = fold_rows(rows, 4, fold, seed=3)
+        assert not set(training[:, 0]) & set(evaluated[:, 0])
+        assert len(training) + len(evaluated) == 103 and len(evaluated) in (25, 26)
+        held_out.append(evaluated[:, 0])
+    np.testing.assert_array_equal(np.sort(np.concatenate(held_out)), rows[:, 0])
+
+
+def test_standard_error_and_interval_by_hand():
+    mean, stderr, (low, high) = cross_fitted_interval([1.0, 1.2, 0.8, 1.0])
+    spread = math.sqrt((0.0 + 0.04 + 0.04 + 0.0) / 3)  # sample standard deviation
+    assert mean == pytest.approx(1.0)
+    assert stderr == pytest.approx(spread / 2)
+    assert (low, high) == pytest.approx((1.0 - 3.182 * spread / 2, 1.0 + 3.182 * spread / 2))
+
+
+def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=1500, mi_nats=0.5, seed=7)
+    status, out, _ = run_main(["--input", path, "--output_dir", str(tmp_path), "--folds", "3", "--n_epoch", "10", *SMALL_RUN], capsys)
+    assert status == 0 and "±" in out.strip().splitlines()[-1]
+    summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
+    assert summary["folds"] == 3 and len(summary["fold_estimates"]) == 3
+    low, high = summary["mi_ci95"]
+    assert low <= summary["mi_estimate"] <= high and summary["mi_stderr"] > 0
+    assert summary["mi_estimate"] == pytest.approx(np.mean(summary["fold_estimates"]))
+    for fold in (1, 2, 3):
+        assert json.loads((tmp_path / f"fold-{fold}" / mi_main.SUMMARY_FILE).read_text())["held_out_rows"] == 500
+
+
+def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=800, mi_nats=0.5, seed=8)
+    flags = ["--input", path, "--n_epoch", "3", *SMALL_RUN]
+    run_main([*flags, "--output_dir", str(tmp_path / "plain")], capsys)
+    run_main([*flags, "--output_dir", str(tmp_path / "one"), "--folds", "1"], capsys)
+    for name in [mi_main.ESTIMATE_FILE, mi_main.HELD_OUT_FILE]:
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
