@@ -217,13 +217,23 @@ def read_input(args):
         if "columns, expected" in message:
             message += f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, or {width} for the joint half alone)"
         fail(message)
-    if args.data_size is not None and args.data_size != len(rows):
-        fail(f"--data_size {args.data_size} disagrees with {args.input}, which has {len(rows)} rows")
+    check_file_against_flags(args, *rows.shape)
     if rows.shape[1] == width:
-        if args.marginal == "file":
-            fail(f"--marginal file needs the marginal half in {args.input}, which has the joint half alone ({width} columns)")
         rows = np.concatenate([rows, rows], axis=1)
     return rows
+
+
+def check_file_against_flags(args, total_rows, file_width):
+    """Ends the run if the file's row count or layout contradicts the flags."""
+    if args.data_size is not None and args.data_size != total_rows:
+        fail(f"--data_size {args.data_size} disagrees with {args.input}, which has {total_rows} rows")
+    if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
+        fail(f"--marginal file needs the marginal half in {args.input}, which has the joint half alone ({file_width} columns)")
+
+
+def resampled_latent_dim(args):
+    """How many trailing columns (z_bar) get fresh pairings; 0 keeps the file's."""
+    return args.latent_dim if args.marginal == "resample" else 0
 
 
 def split_input(args, rows):
@@ -286,10 +296,7 @@ def streamed_data(args, resample_latent_dim):
         fail(str(error))
     except OSError as error:
         fail(f"--cache_dir {args.cache_dir}: {error.strerror}")
-    if args.data_size is not None and args.data_size != total_rows:
-        fail(f"--data_size {args.data_size} disagrees with {args.input}, which has {total_rows} rows")
-    if file_width == width and args.marginal == "file":
-        fail(f"--marginal file needs the marginal half in {args.input}, which has the joint half alone ({width} columns)")
+    check_file_against_flags(args, total_rows, file_width)
     held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
     training_rows = total_rows - held_out
     if training_rows < args.batch_size:
@@ -596,7 +603,7 @@ def evaluate_only(args):
         fail(f"--evaluate_only {args.evaluate_only}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
     args.data_dim, args.latent_dim = model.data_dim, model.latent_dim
     rows = make_transform(kind, parameters, model.sample_width)(read_input(args))
-    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
+    resample_latent_dim = resampled_latent_dim(args)
     passes = args.eval_permutations if resample_latent_dim else 1
     evaluate = make_evaluator(model, args.seed, passes, resample_latent_dim)
     bound = float(evaluate(tf.constant(rows), tf.constant(0, tf.int64)))
@@ -614,7 +621,7 @@ def main(argv=None):
     if not is_chief(strategy):  # the other workers' files go aside
         args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
         args.logdir = None
-    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
+    resample_latent_dim = resampled_latent_dim(args)
     if args.folds > 1 and args.cache_dir:
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
     if args.folds == 1:
@@ -677,7 +684,7 @@ def train(args, strategy, data, stop):
     or a stop request the outputs of the completed epochs are written, and
     the run ends with exit status 3, or 128 + the signal's number."""
     held_out_rows = data.held_out_rows
-    resample_latent_dim = args.latent_dim if args.marginal == "resample" else 0
+    resample_latent_dim = resampled_latent_dim(args)
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
     identity = run_identity(args)
     if args.resume:
