@@ -154,7 +154,8 @@ class MineModel(tf.keras.Model):
     training=True its gradient is the bias-corrected one.
     """
 
-    def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, estimator="mine", ema_rate=0.01, **kwargs):
+    def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, estimator="mine", ema_rate=0.01,
+                 activation="relu", **kwargs):
         super().__init__(**kwargs)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -163,7 +164,7 @@ class MineModel(tf.keras.Model):
         self.sample_width = data_dim + latent_dim
         self.estimator = estimator
         self.ema_rate = ema_rate
-        self.statistics_network = StatisticsNetwork(hid_width, out_width)
+        self.statistics_network = StatisticsNetwork(hid_width, out_width, activation)
         self.statistics_network.build((None, self.sample_width))
         # Every replica computes the same global value, so the first one's is kept.
         self.log_moving_average = self.add_weight(
@@ -178,6 +179,7 @@ class MineModel(tf.keras.Model):
             "latent_dim": self.latent_dim,
             "hid_width": self.statistics_network.hid_width,
             "out_width": self.statistics_network.out_width,
+            "activation": self.statistics_network.activation,
             "estimator": self.estimator,
             "ema_rate": self.ema_rate,
         }
