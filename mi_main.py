@@ -44,12 +44,13 @@ from mi_data_processing import (  # noqa: E402
     split_rows,
     write_atomically,
 )
-from mi_layers import training_flops_per_row  # noqa: E402
+from mi_layers import ACTIVATIONS, training_flops_per_row  # noqa: E402
 from mi_model import ESTIMATORS, MineModel, cross_fitted_interval, cross_selected_estimate  # noqa: E402
 
 # Model
 HID_WIDTH = 128  # units in each of T's two hidden layers
 OUT_WIDTH = 1  # outputs of T (1: one score per sample)
+ACTIVATION = "relu"  # of T's hidden layers: "relu" (the reference's), "tanh", "gelu" or "softplus"
 DATA_DIM = 10  # columns of x
 LATENT_DIM = 1  # columns of z
 ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
@@ -139,6 +140,7 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model")
     model.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
     model.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
+    model.add_argument("--activation", choices=ACTIVATIONS, default=ACTIVATION, help="of T's hidden layers (relu: the reference's)")
     model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
     model.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
     model.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
@@ -264,28 +266,34 @@ class TrainingData:
         self.epochs = epochs
 
 
-def in_memory_data(args, resample_latent_dim, fold=None):
+def in_memory_data(args, resample_latent_dim):
+    """The rows in memory, as one TrainingData per critic: one (training
+    and held-out rows by --val_fraction), or one per fold with --folds."""
     rows = read_input(args)
-    if fold is None:
-        training_rows, held_out_rows = split_input(args, rows)
+    if args.folds == 1:
+        splits = [split_input(args, rows)]
     else:
-        training_rows, held_out_rows = fold_rows(rows, args.folds, fold, args.seed)
-        if len(training_rows) < args.batch_size or len(held_out_rows) < 4:
+        splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
+        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size or len(rows) < 4 * args.folds:
             fail(f"{args.input} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
-    parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
-    transform = make_transform(args.transform, parameters, sample_width)
-    training_rows = transform(training_rows)
+    folds_data = []
+    for training_rows, held_out_rows in splits:
+        parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
+        transform = make_transform(args.transform, parameters, sample_width)
+        training_rows = transform(training_rows)
 
-    def epochs(first_epoch):
-        for element in epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
-            yield [element]
+        def epochs(first_epoch, training_rows=training_rows):
+            for element in epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
+                yield [element]
 
-    return TrainingData(len(rows), len(training_rows), transform(held_out_rows), parameters, epochs)
+        folds_data.append(TrainingData(len(rows), len(training_rows), transform(held_out_rows), parameters, epochs))
+    return folds_data
 
 
 def streamed_data(args, resample_latent_dim):
-    """The input through a binary cache, in bounded memory. The held-out
+    """The input through a binary cache, in bounded memory, as a list of
+    one TrainingData (streaming does not cross-fit). The held-out
     rows are a fixed block at the end of the file (at most one shard), so
     the file should be in random order; the input map is fitted on a
     random sample of TRANSFORM_SAMPLE training rows."""
@@ -323,7 +331,7 @@ def streamed_data(args, resample_latent_dim):
             yield streamed_epoch(cache_path, file_width, training_rows, args.batch_size, args.seed, epoch,
                                  args.shuffle_buffer, lambda raw: transform(full_width(raw)), resample_latent_dim)
 
-    return TrainingData(total_rows, training_rows, held_out_rows, parameters, epochs)
+    return [TrainingData(total_rows, training_rows, held_out_rows, parameters, epochs)]
 
 
 def make_optimizer(args, total_steps):
@@ -351,22 +359,32 @@ def make_train_step(model, optimizer):
     return train_step
 
 
-def make_train_epoch(train_step, jit):
+def make_train_epoch(train_steps, jit):
     """Every step of one epoch in a single TensorFlow call, compiled with
-    XLA when `jit`: no Python runs between steps. Called with one element of
-    epoch_batches; returns the row-weighted means of (bound, joint_part,
-    marginal_part) over the epoch's batches. Shapes are the same every
-    epoch, so it is traced once."""
+    XLA when `jit`: no Python runs between steps. `train_steps` holds one
+    step per critic (several when cross-fitting), and the returned function
+    takes one element of epoch_batches per critic and steps them in turn
+    in the same loop, which is cheaper than one call per critic (measured:
+    README.md, "Error bars"). Returns a [critics, 3] tensor: the row-weighted
+    means of (bound, joint_part, marginal_part) over each critic's batches.
+    Shapes are the same every epoch, so it is traced once."""
 
     @tf.function(jit_compile=jit)
-    def train_epoch(full_batches, last_batch):
-        steps, batch_size, _ = full_batches.shape
-        totals = tf.zeros([3])
-        for step in tf.range(steps):
-            totals += batch_size * train_step(full_batches[step])
-        if last_batch.shape[0]:  # the rows left over, as one smaller batch
-            totals += last_batch.shape[0] * train_step(last_batch)
-        return totals / (steps * batch_size + last_batch.shape[0])
+    def train_epoch(elements):
+        shared_steps = min(full_batches.shape[0] for full_batches, _ in elements)
+        batch_size = elements[0][0].shape[1]
+        totals = tf.zeros([len(elements), 3])
+        for step in tf.range(shared_steps):
+            totals += batch_size * tf.stack([train_step(full_batches[step]) for train_step, (full_batches, _) in zip(train_steps, elements)])
+        means = []
+        for total, train_step, (full_batches, last_batch) in zip(tf.unstack(totals), train_steps, elements):
+            # folds may differ by a row, and so by a step or the last batch
+            for step in range(shared_steps, full_batches.shape[0]):
+                total += batch_size * train_step(full_batches[step])
+            if last_batch.shape[0]:  # the rows left over, as one smaller batch
+                total += last_batch.shape[0] * train_step(last_batch)
+            means.append(total / (full_batches.shape[0] * batch_size + last_batch.shape[0]))
+        return tf.stack(means)
 
     return train_epoch
 
@@ -529,8 +547,8 @@ def make_evaluator(model, seed, passes, resample_latent_dim):
 
 # What --resume must find unchanged: any of these changes the split, the
 # network or the steps, and the continued run would not be the same run.
-RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "estimator", "seed", "val_fraction",
-                     "transform", "marginal", "batch_size", "optimizer")
+RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "activation", "estimator", "seed",
+                     "val_fraction", "folds", "transform", "marginal", "batch_size", "optimizer")
 
 
 def run_identity(args):
@@ -617,6 +635,8 @@ def main(argv=None):
         return evaluate_only(args)
     if args.plot:
         require_matplotlib()
+    if args.folds > 1 and args.strategy != "default":
+        fail(f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}")
     strategy = make_strategy(args)
     if not is_chief(strategy):  # the other workers' files go aside
         args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
@@ -624,8 +644,7 @@ def main(argv=None):
     resample_latent_dim = resampled_latent_dim(args)
     if args.folds > 1 and args.cache_dir:
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
-    if args.folds == 1:
-        data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
+    folds_data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
@@ -633,102 +652,89 @@ def main(argv=None):
     lock = acquire_lock(args.output_dir)
     stop = StopRequest()
     try:
-        if args.folds == 1:
-            return train(args, strategy, data, stop)
-        return cross_fit(args, strategy, resample_latent_dim, stop)
+        return train(args, strategy, folds_data, stop)
     finally:
         stop.restore()
         os.unlink(lock)
 
 
-def cross_fit(args, strategy, resample_latent_dim, stop):
-    """--folds K: K runs, the critic of run k trained on every fold but k
-    and read on fold k (each run's outputs in OUTPUT_DIR/fold-k); the
-    estimate is the mean of the K held-out estimates."""
-    fold_summaries = []
-    for fold in range(args.folds):
-        fold_args = argparse.Namespace(**{**vars(args), "output_dir": os.path.join(args.output_dir, f"fold-{fold + 1}")})
-        os.makedirs(fold_args.output_dir, exist_ok=True)
-        fold_summaries.append(train(fold_args, strategy, in_memory_data(fold_args, resample_latent_dim, fold), stop))
-    estimates = [summary["mi_estimate"] for summary in fold_summaries]
-    mi_estimate, mi_stderr, mi_ci95 = cross_fitted_interval(estimates)
-    truth = fold_summaries[0]["true_mi_nats"]
-    summary = {
-        "status": "completed",
-        "mi_estimate": mi_estimate,
-        "mi_stderr": mi_stderr,
-        "mi_ci95": list(mi_ci95),
-        "mi_estimate_from": f"mean of {args.folds} cross-fitted folds' held-out estimates",
-        "folds": args.folds,
-        "fold_estimates": estimates,
-        "true_mi_nats": truth,
-        "estimator": args.estimator,
-        "n_epoch": args.n_epoch,
-        "rows": fold_summaries[0]["rows"],
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "train_seconds": round(sum(summary["train_seconds"] for summary in fold_summaries), 3),
-        "hyperparameters": vars(args),
-    }
-    save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
-    print(
-        f"estimated I(X; Z) = {mi_estimate:.4f} ± {mi_stderr:.4f} nats (95 % interval {mi_ci95[0]:.4f} to {mi_ci95[1]:.4f}, "
-        f"{args.folds} folds)" + (f" (true {truth})" if truth is not None else "")
-        + f" in {summary['train_seconds']:.1f} s; results in {args.output_dir}/"
-    )
-    return summary
+def held_out_halves(held_out_rows):
+    """The two halves whose best epochs select each other's estimate
+    (cross_selected_estimate); None without held-out rows."""
+    half = len(held_out_rows) // 2
+    return (tf.constant(held_out_rows[:half]), tf.constant(held_out_rows[half:])) if half else None
 
 
-def train(args, strategy, data, stop):
-    """Trains, writes the outputs, and returns the summary. On divergence
-    or a stop request the outputs of the completed epochs are written, and
-    the run ends with exit status 3, or 128 + the signal's number."""
-    held_out_rows = data.held_out_rows
+def train(args, strategy, folds_data, stop):
+    """Trains one critic per entry of folds_data, writes the outputs, and
+    returns the summary. One entry is the plain run; with --folds K there
+    are K critics, trained side by side in the same compiled call per epoch,
+    critic k on every fold but k and read on fold k (its files in
+    OUTPUT_DIR/fold-k). On divergence or a stop request the outputs of the
+    completed epochs are written, and the run ends with exit status 3, or
+    128 + the signal's number."""
+    critics = len(folds_data)
+    output_dirs = [args.output_dir] if critics == 1 else [os.path.join(args.output_dir, f"fold-{k + 1}") for k in range(critics)]
     resample_latent_dim = resampled_latent_dim(args)
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
     identity = run_identity(args)
     if args.resume:
         check_resumable(args, checkpoint_dir, identity)
+    for output_dir in output_dirs:
+        os.makedirs(output_dir, exist_ok=True)
     write_atomically(os.path.join(args.output_dir, FLAGS_FILE), lambda stream: stream.write(flags_file_text(args)))
     truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
 
     sample_width = args.data_dim + args.latent_dim
     tf.keras.utils.set_random_seed(args.seed)
-    n_rows = data.training_count
     with strategy.scope():
-        model = MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate)
-        optimizer = make_optimizer(args, args.n_epoch * -(-n_rows // args.batch_size))
-        optimizer.build(model.trainable_variables)
-    replicated = strategy.num_replicas_in_sync > 1
+        models = [
+            MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate, args.activation)
+            for _ in folds_data
+        ]
+        optimizers = [make_optimizer(args, args.n_epoch * -(-data.training_count // args.batch_size)) for data in folds_data]
+        for model, optimizer in zip(models, optimizers):
+            optimizer.build(model.trainable_variables)
+    train_steps = [make_train_step(model, optimizer) for model, optimizer in zip(models, optimizers)]
+    replicated = strategy.num_replicas_in_sync > 1  # then there is one critic: main refuses --folds
     if replicated:
-        train_epoch = make_distributed_train_epoch(strategy, make_train_step(model, optimizer))
+        train_epoch = make_distributed_train_epoch(strategy, train_steps[0])
     else:
-        train_epoch = make_train_epoch(make_train_step(model, optimizer), args.jit)
-    evaluate = make_evaluator(model, args.seed, args.eval_permutations if resample_latent_dim else 1, resample_latent_dim)
-    half = len(held_out_rows) // 2
-    held_out_halves = (tf.constant(held_out_rows[:half]), tf.constant(held_out_rows[half:]))
+        train_epoch = make_train_epoch(train_steps, args.jit)
+    passes = args.eval_permutations if resample_latent_dim else 1
+    evaluators = [make_evaluator(model, args.seed, passes, resample_latent_dim) for model in models]
+    halves = [held_out_halves(data.held_out_rows) for data in folds_data]
+    has_held_out = halves[0] is not None
 
     # Everything a resumed run needs to continue as if never stopped: the
     # shuffles are fixed by (seed, epoch), so the epoch stands for the RNG.
+    # The history holds, per epoch and critic: bound, joint_part and
+    # marginal_part on the training rows, then the held-out bound and its
+    # two halves' bounds.
     completed_epochs = tf.Variable(0, dtype=tf.int64)
-    history_so_far = tf.Variable(np.zeros((0, 6)), shape=tf.TensorShape([None, 6]), dtype=tf.float64)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=completed_epochs, history=history_so_far)
+    history_so_far = tf.Variable(np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64)
+    checkpoint = tf.train.Checkpoint(models=models, optimizers=optimizers, epoch=completed_epochs, history=history_so_far)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
     if args.resume:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     else:
         os.makedirs(checkpoint_dir, exist_ok=True)
         save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
-    history = [tuple(row) for row in history_so_far.numpy()]
+    history = list(history_so_far.numpy().reshape(-1, critics, 6))
     first_epoch = int(completed_epochs)
 
     writer = tf.summary.create_file_writer(args.logdir or os.path.join(args.output_dir, "logs"))
     with writer.as_default():
         tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
     progress = tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"]) if sys.stdout.isatty() and not args.quiet else None
+    training_counts = [data.training_count for data in folds_data]
+    held_out_counts = [len(data.held_out_rows) for data in folds_data]
     if not args.quiet:
+        rows_text = (f"{training_counts[0]} training rows, {held_out_counts[0]} held out" if critics == 1 else
+                     f"{critics} critics side by side, each trained on {min(training_counts)} to {max(training_counts)} "
+                     f"rows and read on the other {min(held_out_counts)} to {max(held_out_counts)}")
         print(
-            f"MINE ({args.estimator}) on {args.input}: {n_rows} training rows, {len(held_out_rows)} held out, "
+            f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
             f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
             + (f", {strategy.num_replicas_in_sync} replicas ({args.strategy})" if replicated else "")
             + (f", true MI {truth} nats" if truth is not None else "")
@@ -739,40 +745,47 @@ def train(args, strategy, data, stop):
     training_seconds, rows_per_epoch = [], []
     diverged_in = None
     train_start = last_save = time.perf_counter()
-    for epoch, chunks in enumerate(data.epochs(first_epoch), first_epoch + 1):
+    for epoch, chunks_per_critic in enumerate(zip(*(data.epochs(first_epoch) for data in folds_data)), first_epoch + 1):
         epoch_start = time.perf_counter()
-        totals, rows_trained = np.zeros(3), 0
-        for full_batches, last_batch in chunks:
+        totals, rows_trained = np.zeros((critics, 3)), np.zeros((critics, 1))
+        for elements in zip(*chunks_per_critic):  # one element per critic; streaming has several per epoch
             if replicated:
+                (full_batches, last_batch), = elements
                 shares = split_for_replicas(strategy, full_batches, last_batch)
-                means = train_epoch(*shares, full_batches.shape[1], last_batch.shape[0])
+                means = train_epoch(*shares, full_batches.shape[1], last_batch.shape[0])[None]
             else:
-                means = train_epoch(full_batches, last_batch)
-            chunk_rows = full_batches.shape[0] * full_batches.shape[1] + last_batch.shape[0]
+                means = train_epoch(elements)
+            chunk_rows = np.array([[full_batches.shape[0] * full_batches.shape[1] + last_batch.shape[0]] for full_batches, last_batch in elements])
             totals += chunk_rows * means.numpy()
             rows_trained += chunk_rows
-        bound, joint_part, marginal_part = totals / rows_trained
         if not np.isfinite(totals).all():
             # A non-finite loss or gradient poisons every later step of the
             # epoch; nothing of this epoch is kept, the last checkpoint stays.
             diverged_in = epoch
             break
         training_seconds.append(time.perf_counter() - epoch_start)
-        rows_per_epoch.append(rows_trained)
+        rows_per_epoch.append(rows_trained.sum())
         epoch_tensor = tf.constant(epoch, tf.int64)
-        bound_a, bound_b = (float(evaluate(rows, epoch_tensor)) for rows in held_out_halves) if half else (np.nan, np.nan)
-        held_out_bound = (bound_a + bound_b) / 2
-        history.append((bound, joint_part, marginal_part, held_out_bound, bound_a, bound_b))
-        rows_per_second = rows_trained / training_seconds[-1]
+        held_out = np.array([
+            [float(evaluate(rows, epoch_tensor)) for rows in critic_halves] if critic_halves else [np.nan, np.nan]
+            for evaluate, critic_halves in zip(evaluators, halves)
+        ])
+        history.append(np.column_stack([totals / rows_trained, held_out.mean(axis=1), held_out]))
+        # the figures of the epoch, averaged over the critics
+        bound, joint_part, marginal_part, held_out_bound = history[-1][:, :4].mean(axis=0)
+        rows_per_second = rows_per_epoch[-1] / training_seconds[-1]
 
         with writer.as_default(step=epoch):
             tf.summary.scalar("estimate/training_rows", bound)
-            if half:
+            if has_held_out:
                 tf.summary.scalar("estimate/held_out", held_out_bound)
+            if critics > 1:
+                for k in range(critics):
+                    tf.summary.scalar(f"folds/held_out_{k + 1}", history[-1][k, 3])
             tf.summary.scalar("parts/joint", joint_part)
             tf.summary.scalar("parts/marginal", marginal_part)
             tf.summary.scalar("speed/rows_per_second", rows_per_second)
-            tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+            tf.summary.scalar("learning_rate", float(optimizers[0].learning_rate))
         if progress:
             progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
         elif not args.quiet:
@@ -789,7 +802,7 @@ def train(args, strategy, data, stop):
         )
         if due:
             completed_epochs.assign(epoch)
-            history_so_far.assign(np.array(history, dtype=np.float64))
+            history_so_far.assign(np.array(history, dtype=np.float64).reshape(-1, critics * 6))
             manager.save(checkpoint_number=epoch)
             last_save = time.perf_counter()
         if stop.signal is not None:
@@ -798,23 +811,35 @@ def train(args, strategy, data, stop):
     status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
     writer.flush()
 
-    history = np.array(history, dtype=np.float64).reshape(-1, 6)
+    history = np.array(history, dtype=np.float64).reshape(-1, critics, 6)
+    estimates, best_epochs = [], []
+    for k in range(critics):
+        if not len(history):
+            estimates.append(None)
+        elif has_held_out:
+            estimate, best_a, best_b = cross_selected_estimate(history[:, k, 4], history[:, k, 5])
+            estimates.append(estimate)
+            best_epochs.append((best_a, best_b))
+        else:
+            estimates.append(float(history[-1, k, 0]))
     if not len(history):
-        mi_estimate, estimate_from = None, "no completed epoch"
-    elif half:
-        mi_estimate, best_a, best_b = cross_selected_estimate(history[:, 4], history[:, 5])
-        estimate_from = f"held-out bound at the best epochs of the other half ({best_a}, {best_b})"
+        estimate_from = "no completed epoch"
+    elif critics > 1:
+        estimate_from = f"mean of {critics} cross-fitted folds' held-out bounds, each at the best epochs of the other half"
+    elif has_held_out:
+        estimate_from = "held-out bound at the best epochs of the other half ({}, {})".format(*best_epochs[0])
     else:
-        mi_estimate, estimate_from = float(history[-1, 0]), "training rows' bound, last epoch"
+        estimate_from = "training rows' bound, last epoch"
     try:
-        save_rows(os.path.join(args.output_dir, ESTIMATE_FILE), history[:, 0])
-        save_rows(os.path.join(args.output_dir, PARTS_FILE), history[:, 1:3])
-        if half:
-            save_rows(os.path.join(args.output_dir, HELD_OUT_FILE), history[:, 3])
-        if status != "diverged":
-            save_critic(args.output_dir, model, args.transform, data.transform_parameters)
-        if args.plot and len(history):
-            save_plot(os.path.join(args.output_dir, PLOT_FILE), history, truth)
+        for k, (output_dir, data) in enumerate(zip(output_dirs, folds_data)):
+            save_rows(os.path.join(output_dir, ESTIMATE_FILE), history[:, k, 0])
+            save_rows(os.path.join(output_dir, PARTS_FILE), history[:, k, 1:3])
+            if has_held_out:
+                save_rows(os.path.join(output_dir, HELD_OUT_FILE), history[:, k, 3])
+            if status != "diverged":
+                save_critic(output_dir, models[k], args.transform, data.transform_parameters)
+            if args.plot and len(history):
+                save_plot(os.path.join(output_dir, PLOT_FILE), history[:, k], truth)
     except OSError as error:
         print(f"mi_main.py: error: cannot write the results to {args.output_dir}: {error.strerror}; "
               "the files already there are the previous complete ones", file=sys.stderr)
@@ -825,20 +850,26 @@ def train(args, strategy, data, stop):
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "status": status,
-        "folds": 1,
+        "folds": critics,
         "epochs_completed": first_epoch + trained_epochs,
         "diverged_in_epoch": diverged_in,
-        "mi_estimate": mi_estimate,
+        "mi_estimate": estimates[0],
         "mi_estimate_from": estimate_from,
-        "held_out_last_epoch": float(history[-1, 3]) if len(history) else None,
-        "training_rows_estimate": float(history[-1, 0]) if len(history) else None,
+    }
+    if critics > 1:
+        interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None))
+        summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), fold_estimates=estimates)
+    summary.update({
+        "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
+        "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
         "true_mi_nats": truth,
         "estimator": args.estimator,
+        "activation": args.activation,
         "n_epoch": args.n_epoch,
         "resumed_after_epoch": first_epoch if args.resume else None,
-        "rows": data.total_rows,
-        "training_rows": n_rows,
-        "held_out_rows": len(held_out_rows),
+        "rows": folds_data[0].total_rows,
+        "training_rows": training_counts[0] if critics == 1 else training_counts,
+        "held_out_rows": held_out_counts[0] if critics == 1 else held_out_counts,
         "batch_size": args.batch_size,
         "seed": args.seed,
         "train_seconds": round(train_seconds, 3),
@@ -848,7 +879,7 @@ def train(args, strategy, data, stop):
         "training_gflops_per_second": round(steady_rows_per_second * flops_per_row / 1e9, 2) if steady_rows_per_second else None,
         "training_flops_per_row": flops_per_row,
         "hyperparameters": vars(args),
-    }
+    })
     try:
         save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
     except OSError as error:
@@ -862,10 +893,15 @@ def train(args, strategy, data, stop):
         print(f"stopped by {signal.Signals(stop.signal).name} after {len(history)} epochs; their results are in "
               f"{args.output_dir}/ (continue with --resume)", file=sys.stderr)
         raise SystemExit(128 + stop.signal)
+    mi_estimate = summary["mi_estimate"]
+    if critics > 1:
+        low, high = summary["mi_ci95"]
+        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} nats (95 % interval {low:.4f} to {high:.4f}, {critics} folds)"
+    else:
+        estimate_text = f"{mi_estimate:.4f} nats"
     print(
-        f"estimated I(X; Z) = {mi_estimate:.4f} nats"
-        + (f" (true {truth})" if truth is not None else "")
-        + f" from the {estimate_from}, in {train_seconds:.1f} s; results in {args.output_dir}/"
+        f"estimated I(X; Z) = {estimate_text}" + (f" (true {truth})" if truth is not None else "")
+        + (f" from the {estimate_from}" if critics == 1 else "") + f", in {train_seconds:.1f} s; results in {args.output_dir}/"
     )
     return summary
 

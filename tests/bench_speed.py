@@ -47,11 +47,11 @@ def fresh_model():
 def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
     model, optimizer = fresh_model()
-    train_epoch = mi_main.make_train_epoch(mi_main.make_train_step(model, optimizer), jit)
+    train_epoch = mi_main.make_train_epoch([mi_main.make_train_step(model, optimizer)], jit)
     seconds = []
     for full_batches, last_batch in epoch_batches(rows, batch_size, 0, 0, 3, resample_latent_dim=1):
         start = time.perf_counter()
-        train_epoch(full_batches, last_batch).numpy()
+        train_epoch([(full_batches, last_batch)]).numpy()
         seconds.append(time.perf_counter() - start)
     steady = min(seconds[1:])
     return len(rows) / steady, seconds[0] - steady

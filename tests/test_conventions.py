@@ -43,8 +43,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
 
     real_make_train_epoch = mi_main.make_train_epoch
 
-    def stops_in_epoch_4(train_step, jit):
-        train_epoch = real_make_train_epoch(train_step, jit)
+    def stops_in_epoch_4(train_steps, jit):
+        train_epoch = real_make_train_epoch(train_steps, jit)
         calls = []
 
         def epoch(*batches):
@@ -123,7 +123,7 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
     trained = MineModel(10, 1, 32, 1)
-    tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
+    tf.train.Checkpoint(models=[trained]).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
         transform = make_transform(str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11)
     rows = tf.constant(transform(np.loadtxt(small_file)))

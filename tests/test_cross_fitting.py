@@ -1,16 +1,17 @@
-"""--folds: disjoint folds covering every row, the standard error, and the
-interval written to summary.json."""
+"""--folds: disjoint folds covering every row, the standard error, the
+interval written to summary.json, and critics trained side by side."""
 
 import json
 import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import mi_main
 from conftest import run_main
-from mi_data_processing import fold_rows
-from mi_model import cross_fitted_interval
+from mi_data_processing import epoch_batches, fold_rows
+from mi_model import MineModel, cross_fitted_interval
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
@@ -43,8 +44,10 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
     low, high = summary["mi_ci95"]
     assert low <= summary["mi_estimate"] <= high and summary["mi_stderr"] > 0
     assert summary["mi_estimate"] == pytest.approx(np.mean(summary["fold_estimates"]))
+    assert summary["held_out_rows"] == [500, 500, 500] and summary["training_rows"] == [1000, 1000, 1000]
     for fold in (1, 2, 3):
-        assert json.loads((tmp_path / f"fold-{fold}" / mi_main.SUMMARY_FILE).read_text())["held_out_rows"] == 500
+        assert len(np.loadtxt(tmp_path / f"fold-{fold}" / mi_main.HELD_OUT_FILE)) == 10
+        assert (tmp_path / f"fold-{fold}" / mi_main.CRITIC_FILE).exists()
 
 
 def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
@@ -54,3 +57,47 @@ def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
     run_main([*flags, "--output_dir", str(tmp_path / "one"), "--folds", "1"], capsys)
     for name in [mi_main.ESTIMATE_FILE, mi_main.HELD_OUT_FILE]:
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_critics_side_by_side_train_as_they_would_alone():
+    """Folds differ by a row, so one critic has a step or a last batch the
+    other lacks; each must still see exactly its own batches."""
+    rng = np.random.default_rng(4)
+    epochs = [next(iter(epoch_batches(rng.standard_normal((n_rows, 22)).astype(np.float32), 16, 0, 0, 1))) for n_rows in (64, 67, 63)]
+
+    def fresh(seed):
+        tf.keras.utils.set_random_seed(seed)
+        model = MineModel(10, 1, 16, 1, "mine", activation="tanh")
+        optimizer = tf.keras.optimizers.SGD(0.05)
+        optimizer.build(model.trainable_variables)
+        return model, optimizer
+
+    together = [fresh(seed) for seed in range(3)]
+    means = mi_main.make_train_epoch([mi_main.make_train_step(*pair) for pair in together], jit=True)(epochs).numpy()
+    for seed, (element, (model, optimizer)) in enumerate(zip(epochs, together)):
+        alone_model, alone_optimizer = fresh(seed)
+        alone_means = mi_main.make_train_epoch([mi_main.make_train_step(alone_model, alone_optimizer)], jit=True)([element]).numpy()[0]
+        assert int(optimizer.iterations) == int(alone_optimizer.iterations) == element[0].shape[0] + (element[1].shape[0] > 0)
+        np.testing.assert_allclose(means[seed], alone_means, rtol=1e-5, atol=1e-6)
+        for weight, alone_weight in zip(model.weights, alone_model.weights):
+            np.testing.assert_allclose(weight.numpy(), alone_weight.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_folds_refuse_a_distribution_strategy(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=9)
+    status, _, err = run_main(["--input", path, "--output_dir", str(tmp_path), "--folds", "2", "--strategy", "mirrored"], capsys)
+    assert status == 2 and "--folds" in err and "--strategy mirrored" in err and len(err.strip().splitlines()) == 1
+
+
+def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=10)
+    # a constant rate: a cosine schedule stretches to the new --n_epoch on resuming
+    flags = ["--input", path, "--folds", "2", "--activation", "tanh", "--lr_schedule", "constant", "--checkpoint_seconds", "0", *SMALL_RUN]
+    run_main([*flags, "--output_dir", str(tmp_path / "whole"), "--n_epoch", "4"], capsys)
+    run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--n_epoch", "2"], capsys)
+    run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--n_epoch", "4", "--resume"], capsys)
+    for fold in ("fold-1", "fold-2"):
+        np.testing.assert_allclose(np.loadtxt(tmp_path / "resumed" / fold / mi_main.HELD_OUT_FILE),
+                                   np.loadtxt(tmp_path / "whole" / fold / mi_main.HELD_OUT_FILE), atol=1e-6)
+        critic = tf.keras.models.load_model(tmp_path / "resumed" / fold / mi_main.CRITIC_FILE)
+        assert critic.statistics_network.activation == "tanh"

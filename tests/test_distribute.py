@@ -38,7 +38,7 @@ def train_one_epoch(strategy, estimator, initial_weights, full_batches, last_bat
         shares = mi_main.split_for_replicas(strategy, full_batches, last_batch)
         means = mi_main.make_distributed_train_epoch(strategy, train_step)(*shares, full_batches.shape[1], last_batch.shape[0])
     else:
-        means = mi_main.make_train_epoch(train_step, jit=False)(full_batches, last_batch)
+        means = mi_main.make_train_epoch([train_step], jit=False)([(full_batches, last_batch)])[0]
     return means.numpy(), [weight.numpy() for weight in model.weights]
 
 

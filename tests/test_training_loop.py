@@ -30,7 +30,7 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
     full_batches, last_batch = one_epoch(100, 16)  # 6 batches of 16, then 4 rows
 
     fast_model, fast_optimizer = fresh()
-    fast_means = make_train_epoch(make_train_step(fast_model, fast_optimizer), jit)(full_batches, last_batch).numpy()
+    fast_means = make_train_epoch([make_train_step(fast_model, fast_optimizer)], jit)([(full_batches, last_batch)]).numpy()[0]
 
     plain_model, plain_optimizer = fresh()
     plain_step = tf.function(make_train_step(plain_model, plain_optimizer))
@@ -46,10 +46,10 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
 
 def test_no_retrace_after_the_first_epoch():
     model, optimizer = fresh()
-    train_epoch = make_train_epoch(make_train_step(model, optimizer), jit=True)
+    train_epoch = make_train_epoch([make_train_step(model, optimizer)], jit=True)
     rows = np.random.default_rng(2).standard_normal((70, 22)).astype(np.float32)
     for full_batches, last_batch in epoch_batches(rows, 32, seed=0, first_epoch=0, n_epoch=4):
-        train_epoch(full_batches, last_batch)
+        train_epoch([(full_batches, last_batch)])
     assert train_epoch.experimental_get_tracing_count() == 1
     assert int(optimizer.iterations) == 4 * 3  # 2 full batches and the 6 left over, every epoch
 
@@ -58,5 +58,5 @@ def test_an_exact_multiple_of_the_batch_has_no_last_batch():
     full_batches, last_batch = one_epoch(64, 16)
     assert full_batches.shape == (4, 16, 22) and last_batch.shape == (0, 22)
     model, optimizer = fresh()
-    make_train_epoch(make_train_step(model, optimizer), jit=True)(full_batches, last_batch)
+    make_train_epoch([make_train_step(model, optimizer)], jit=True)([(full_batches, last_batch)])
     assert int(optimizer.iterations) == 4
