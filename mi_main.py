@@ -50,7 +50,7 @@ from mi_model import ESTIMATORS, MineModel, cross_fitted_interval, cross_selecte
 # Model
 HID_WIDTH = 128  # units in each of T's two hidden layers
 OUT_WIDTH = 1  # outputs of T (1: one score per sample)
-ACTIVATION = "relu"  # of T's hidden layers: "relu" (the reference's), "tanh", "gelu" or "softplus"
+ACTIVATION = "tanh"  # of T's hidden layers: "tanh", "relu" (the reference's), "gelu" or "softplus"
 DATA_DIM = 10  # columns of x
 LATENT_DIM = 1  # columns of z
 ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
@@ -58,15 +58,15 @@ EMA_RATE = 0.01  # weight of each batch in mine's moving average of mean exp T
 # Data
 INPUT = "data/input_set.dat"
 DATA_SIZE = None  # rows expected in the input; None takes the file's count
-VAL_FRACTION = 0.2  # share of rows held out to evaluate the bound on; 0: none (the reference)
-FOLDS = 1  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
+FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
+VAL_FRACTION = 0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
 TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
 MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
 EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
 # Training
 BATCH_SIZE = 256
 N_EPOCH = 100
-LR = 0.001
+LR = 0.003
 OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
 LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
 SEED = 0
@@ -148,8 +148,8 @@ def parse_args(argv=None):
     data = parser.add_argument_group("data")
     data.add_argument("--input", default=INPUT, help="row file: x, z, x_bar, z_bar per line, or x, z alone")
     data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
-    data.add_argument("--val_fraction", type=fraction, default=VAL_FRACTION, help="share of rows held out for the estimate; 0 reports the training rows' bound, as the reference")
-    data.add_argument("--folds", type=positive(int), default=FOLDS, help="cross-fit over this many folds (replaces --val_fraction): the estimate is their mean, with a standard error and a 95%% interval")
+    data.add_argument("--folds", type=positive(int), default=argparse.SUPPRESS, help=f"cross-fit over this many folds: the estimate is their mean, with a standard error and a 95%% interval; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)")
+    data.add_argument("--val_fraction", type=fraction, default=argparse.SUPPRESS, help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})")
     data.add_argument("--transform", choices=TRANSFORMS, default=TRANSFORM, help="per-column map fitted on the training rows")
     data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
     data.add_argument("--cache_dir", default=CACHE_DIR, help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)")
@@ -180,6 +180,12 @@ def parse_args(argv=None):
         parser.error(f"argument --checkpoint_every: must be 0 or more, got {args.checkpoint_every}")
     if args.checkpoint_seconds < 0:
         parser.error(f"argument --checkpoint_seconds: must be 0 or more, got {args.checkpoint_seconds}")
+    # Both default through each other (SUPPRESS: absent unless given): one
+    # split where one was asked for, or where the critics cannot share a device.
+    if "folds" not in args:
+        args.folds = 1 if "val_fraction" in args or args.cache_dir or args.strategy != "default" else FOLDS
+    if "val_fraction" not in args:
+        args.val_fraction = VAL_FRACTION
     return args
 
 

@@ -43,7 +43,7 @@ ROWS = {2: 8_192, 64: 65_536, 512: 262_144, 4096: 262_144}
 
 def fresh_model():
     tf.keras.utils.set_random_seed(0)
-    model = MineModel(10, 1, HID_WIDTH, 1, "mine")
+    model = MineModel(10, 1, HID_WIDTH, 1, "mine", activation=mi_main.ACTIVATION)
     optimizer = tf.keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
     return model, optimizer

@@ -14,7 +14,8 @@ from conftest import run_main
 from mi_data_processing import make_transform
 from mi_model import MineModel
 
-SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
+# One split (--folds 1): these tests read the files of a single critic in OUTPUT_DIR.
+SMALL_RUN = ["--folds", "1", "--batch_size", "128", "--hid_width", "32"]
 
 
 
@@ -122,7 +123,7 @@ def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, cap
 def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp_path, capsys):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
-    trained = MineModel(10, 1, 32, 1)
+    trained = MineModel(10, 1, 32, 1, activation=mi_main.ACTIVATION)
     tf.train.Checkpoint(models=[trained]).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
         transform = make_transform(str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11)

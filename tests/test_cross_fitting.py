@@ -53,7 +53,7 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
 def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=800, mi_nats=0.5, seed=8)
     flags = ["--input", path, "--n_epoch", "3", *SMALL_RUN]
-    run_main([*flags, "--output_dir", str(tmp_path / "plain")], capsys)
+    run_main([*flags, "--output_dir", str(tmp_path / "plain"), "--val_fraction", "0.2"], capsys)
     run_main([*flags, "--output_dir", str(tmp_path / "one"), "--folds", "1"], capsys)
     for name in [mi_main.ESTIMATE_FILE, mi_main.HELD_OUT_FILE]:
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

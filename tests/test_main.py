@@ -48,7 +48,12 @@ def test_wrong_column_count_names_the_line(tmp_path, capsys):
 
 def test_fewer_training_rows_than_one_batch_names_val_fraction(tmp_path, capsys):
     path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(100, 22)))
-    assert_refused(["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "80 of them for training", "--val_fraction 0.2", "--batch_size 90")
+    assert_refused(["--input", path, "--folds", "1", "--batch_size", "90"], capsys, tmp_path, "100 rows", "80 of them for training", "--val_fraction 0.2", "--batch_size 90")
+
+
+def test_too_few_rows_for_the_folds_names_folds(tmp_path, capsys):
+    path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(100, 22)))
+    assert_refused(["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "--folds 5", "--batch_size 90")
 
 
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
@@ -103,7 +108,7 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
     output_dir = tmp_path / "out"
-    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "40", "--seed", "1"], capsys)
+    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "40", "--seed", "1"], capsys)
     assert status == 0
     assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 40
 
@@ -128,7 +133,7 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
 def test_each_estimator_end_to_end(known_mi_file, tmp_path, capsys, estimator):
     path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=2)
     output_dir = tmp_path / "out"
-    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "30", "--estimator", estimator], capsys)
+    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "30", "--estimator", estimator], capsys)
     assert status == 0
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
     assert summary["estimator"] == estimator
@@ -160,7 +165,7 @@ def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_f
 def test_the_reference_run_on_its_own_sample(tmp_path, capsys):
     output_dir = tmp_path / "out"
     status, _, _ = run_main(
-        ["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir)], capsys
+        ["--input", SHARED_SAMPLE, "--folds", "1", "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir)], capsys
     )
     assert status == 0
     estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)

@@ -17,7 +17,8 @@ import mi_main
 from conftest import REPO, run_main
 from mi_data_processing import InputError, load_rows
 
-SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
+# One split (--folds 1): these tests read the files of a single critic in OUTPUT_DIR.
+SMALL_RUN = ["--folds", "1", "--batch_size", "128", "--hid_width", "32"]
 
 
 
@@ -28,8 +29,9 @@ def small_file(known_mi_file):
 
 
 def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path, capsys):
+    # relu: with tanh's bounded hidden units even this rate keeps every value finite
     status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "4", "--optimizer", "sgd",
-                            "--lr", "1e9", "--checkpoint_seconds", "0", *SMALL_RUN], capsys)
+                            "--lr", "1e9", "--activation", "relu", "--checkpoint_seconds", "0", *SMALL_RUN], capsys)
     assert status == 3
     assert err.strip().count("\n") == 0 and "smaller --lr" in err
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
@@ -42,7 +44,7 @@ def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path,
 def test_a_signal_stops_after_the_epoch_and_keeps_its_results(known_mi_file, tmp_path, signal_number):
     path = known_mi_file(n_rows=4000, mi_nats=0.5, seed=3)
     process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "mi_main.py"), "--input", path, "--output_dir", str(tmp_path), "--n_epoch", "100000"],
+        [sys.executable, os.path.join(REPO, "mi_main.py"), "--input", path, "--output_dir", str(tmp_path), "--n_epoch", "100000", "--folds", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     for line in process.stdout:
