@@ -740,9 +740,12 @@ def train(args, strategy, folds_data, stop):
     training_counts = [data.training_count for data in folds_data]
     held_out_counts = [len(data.held_out_rows) for data in folds_data]
     if not args.quiet:
+        def span(counts):
+            return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+
         rows_text = (f"{training_counts[0]} training rows, {held_out_counts[0]} held out" if critics == 1 else
-                     f"{critics} critics side by side, each trained on {min(training_counts)} to {max(training_counts)} "
-                     f"rows and read on the other {min(held_out_counts)} to {max(held_out_counts)}")
+                     f"{critics} critics side by side, each trained on {span(training_counts)} rows and read on "
+                     f"the other {span(held_out_counts)}")
         print(
             f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
             f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"

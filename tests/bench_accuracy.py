@@ -47,6 +47,11 @@ def estimate(path, seed, flags, output_dir):
     return summary, summary["train_seconds"]
 
 
+def mean_or_dash(values):
+    """A column's figure, or "-" where the run mode has none."""
+    return f"{np.mean(values):.3f}" if values else "-"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
@@ -86,8 +91,7 @@ def main():
             print(
                 f"| {name} | {truth:.1f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
                 f"{estimates.mean() - truth:+.3f} | {np.abs(estimates - truth).max():.3f} | "
-                f"{np.mean(last_epoch) if last_epoch else float('nan'):.3f} | "
-                f"{f'{sum(covered)} of {len(covered)}' if covered else '-'} | {np.mean(widths) if widths else float('nan'):.3f} | "
+                f"{mean_or_dash(last_epoch)} | {f'{sum(covered)} of {len(covered)}' if covered else '-'} | {mean_or_dash(widths)} | "
                 f"{np.mean(seconds):.1f} |",
                 flush=True,
             )

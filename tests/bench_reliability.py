@@ -27,7 +27,9 @@ sys.path.insert(0, REPO)
 import mi_main  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_rows  # noqa: E402
 
-RUN = [sys.executable, os.path.join(REPO, "mi_main.py"), "--batch_size", "128", "--hid_width", "32", "--checkpoint_seconds", "0"]
+# One split (--folds 1): the checks read a single critic's files in OUTPUT_DIR.
+RUN = [sys.executable, os.path.join(REPO, "mi_main.py"), "--folds", "1", "--batch_size", "128", "--hid_width", "32",
+       "--checkpoint_seconds", "0"]
 
 
 def outputs_whole(output_dir):
