@@ -1,5 +1,5 @@
 """--folds: disjoint folds covering every row, the standard error, the
-interval written to summary.json, and critics trained side by side."""
+interval written to summary.json, resuming, and refused combinations."""
 
 import json
 import math
@@ -10,8 +10,8 @@ import tensorflow as tf
 
 import mi_main
 from conftest import run_main
-from mi_data_processing import epoch_batches, fold_rows
-from mi_model import MineModel, cross_fitted_interval
+from mi_data_processing import fold_rows
+from mi_model import cross_fitted_interval
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
@@ -57,30 +57,6 @@ def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
     run_main([*flags, "--output_dir", str(tmp_path / "one"), "--folds", "1"], capsys)
     for name in [mi_main.ESTIMATE_FILE, mi_main.HELD_OUT_FILE]:
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
-
-
-def test_critics_side_by_side_train_as_they_would_alone():
-    """Folds differ by a row, so one critic has a step or a last batch the
-    other lacks; each must still see exactly its own batches."""
-    rng = np.random.default_rng(4)
-    epochs = [next(iter(epoch_batches(rng.standard_normal((n_rows, 22)).astype(np.float32), 16, 0, 0, 1))) for n_rows in (64, 67, 63)]
-
-    def fresh(seed):
-        tf.keras.utils.set_random_seed(seed)
-        model = MineModel(10, 1, 16, 1, "mine", activation="tanh")
-        optimizer = tf.keras.optimizers.SGD(0.05)
-        optimizer.build(model.trainable_variables)
-        return model, optimizer
-
-    together = [fresh(seed) for seed in range(3)]
-    means = mi_main.make_train_epoch([mi_main.make_train_step(*pair) for pair in together], jit=True)(epochs).numpy()
-    for seed, (element, (model, optimizer)) in enumerate(zip(epochs, together)):
-        alone_model, alone_optimizer = fresh(seed)
-        alone_means = mi_main.make_train_epoch([mi_main.make_train_step(alone_model, alone_optimizer)], jit=True)([element]).numpy()[0]
-        assert int(optimizer.iterations) == int(alone_optimizer.iterations) == element[0].shape[0] + (element[1].shape[0] > 0)
-        np.testing.assert_allclose(means[seed], alone_means, rtol=1e-5, atol=1e-6)
-        for weight, alone_weight in zip(model.weights, alone_model.weights):
-            np.testing.assert_allclose(weight.numpy(), alone_weight.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_folds_refuse_a_distribution_strategy(known_mi_file, tmp_path, capsys):

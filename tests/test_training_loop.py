@@ -1,5 +1,6 @@
 """The in-graph epoch loop: same result as the reference's per-batch loop,
-traced once, and the last short batch trained as one more step."""
+traced once, the last short batch trained as one more step, and several
+critics (--folds) stepped side by side as each would train alone."""
 
 import numpy as np
 import pytest
@@ -60,3 +61,19 @@ def test_an_exact_multiple_of_the_batch_has_no_last_batch():
     model, optimizer = fresh()
     make_train_epoch([make_train_step(model, optimizer)], jit=True)([(full_batches, last_batch)])
     assert int(optimizer.iterations) == 4
+
+
+def test_critics_side_by_side_train_as_they_would_alone():
+    """Folds differ by a row, so one critic has a step or a last batch the
+    other lacks; each must still see exactly its own batches."""
+    rng = np.random.default_rng(4)
+    epochs = [next(iter(epoch_batches(rng.standard_normal((n_rows, 22)).astype(np.float32), 16, 0, 0, 1))) for n_rows in (64, 67, 63)]
+    together = [fresh(seed) for seed in range(3)]
+    means = make_train_epoch([make_train_step(*pair) for pair in together], jit=True)(epochs).numpy()
+    for seed, (element, (model, optimizer)) in enumerate(zip(epochs, together)):
+        alone_model, alone_optimizer = fresh(seed)
+        alone_means = make_train_epoch([make_train_step(alone_model, alone_optimizer)], jit=True)([element]).numpy()[0]
+        assert int(optimizer.iterations) == int(alone_optimizer.iterations) == element[0].shape[0] + (element[1].shape[0] > 0)
+        np.testing.assert_allclose(means[seed], alone_means, rtol=1e-5, atol=1e-6)
+        for weight, alone_weight in zip(model.weights, alone_model.weights):
+            np.testing.assert_allclose(weight.numpy(), alone_weight.numpy(), rtol=1e-5, atol=1e-6)
