@@ -156,54 +156,84 @@ def make_transform(kind, parameters, sample_width):
     return transform
 
 
-def epoch_order(n_rows, seed, epoch, stream=0):
-    """A permutation of range(n_rows) fixed by (seed, epoch, stream) alone.
+def stacked_rows(rows_per_critic):
+    """One array for several critics' rows: [critics, most rows, columns],
+    each critic's rows first and zeros after, and each critic's row count.
+    (Folds differ in size by a row.)"""
+    counts = np.array([len(rows) for rows in rows_per_critic], dtype=np.int32)
+    stacked = np.zeros((len(rows_per_critic), counts.max(), rows_per_critic[0].shape[1]), dtype=np.float32)
+    for k, rows in enumerate(rows_per_critic):
+        stacked[k, : len(rows)] = rows
+    return stacked, counts
 
-    Stateless, so a run resumed at any epoch sees the same orders as an
-    uninterrupted one. Streams keep the training order apart from the
-    orders used to evaluate.
+
+def real_rows_mask(counts, max_rows):
+    """[critics, max_rows]: 1.0 for each critic's first counts[k] rows, 0.0 for its padding."""
+    return tf.cast(tf.range(max_rows)[None, :] < counts[:, None], tf.float32)
+
+
+def critic_orders(counts, max_rows, seed, epoch, stream=0):
+    """For each critic, a random order of its rows, [critics, max_rows]: its
+    counts[k] real rows first, then its padding.
+
+    Fixed by (seed, epoch, stream) alone: stateless, so a run resumed at any
+    epoch sees the same orders as an uninterrupted one. Streams keep the
+    training order apart from the orders used to evaluate.
     """
     key = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
     )
-    return tf.argsort(tf.random.stateless_uniform([n_rows], seed=key))
+    keys = tf.random.stateless_uniform([tf.shape(counts)[0], max_rows], seed=key)
+    return tf.argsort(tf.where(real_rows_mask(counts, max_rows) > 0, keys, 2.0), axis=1)
 
 
-def repair_marginals(shuffled_rows, latent_dim):
-    """Moves the last latent_dim columns (z_bar) one row along.
+def paired_marginals(rows, counts, seed, epoch, stream=0, resample_latent_dim=0):
+    """Each critic's rows [critics, max_rows, columns] in the order of
+    critic_orders; with resample_latent_dim > 0, each real row's last
+    resample_latent_dim columns (z_bar) are taken from the row before it
+    (cyclically, among that critic's real rows).
 
-    In rows already in a random order this pairs each x_bar with the z_bar
-    of another row, never its own: fresh draws from the product of the
+    In rows in a random order this pairs each x_bar with the z_bar of
+    another row, never its own: fresh draws from the product of the
     marginals, built from the file's own values.
     """
-    return tf.concat([shuffled_rows[:, :-latent_dim], tf.roll(shuffled_rows[:, -latent_dim:], 1, axis=0)], axis=1)
+    max_rows = tf.shape(rows)[1]
+    shuffled = tf.gather(rows, critic_orders(counts, max_rows, seed, epoch, stream), batch_dims=1)
+    if not resample_latent_dim:
+        return shuffled
+    index = tf.range(max_rows)[None, :]
+    previous = tf.where(index < counts[:, None], tf.math.floormod(index - 1, counts[:, None]), index)
+    z_bar = tf.gather(shuffled[..., -resample_latent_dim:], previous, batch_dims=1)
+    return tf.concat([shuffled[..., :-resample_latent_dim], z_bar], axis=-1)
 
 
-def reshuffled(rows, seed, epoch, stream=0, resample_latent_dim=0):
-    """rows in the order of epoch_order; with resample_latent_dim > 0 also
-    with fresh marginal pairs (repair_marginals)."""
-    shuffled = tf.gather(rows, epoch_order(tf.shape(rows)[0], seed, epoch, stream))
-    return repair_marginals(shuffled, resample_latent_dim) if resample_latent_dim else shuffled
+def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
+    """A tf.data pipeline with one element per epoch, freshly shuffled, for
+    one critic or several side by side (one array of rows each).
 
-
-def epoch_batches(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
-    """A tf.data pipeline with one element per epoch, freshly shuffled.
-
-    Each element is (full_batches, last_batch): the epoch's rows in a new
-    order, cut into [steps, batch_size, columns] plus the [remainder, columns]
-    rows left over, so that every row is used exactly once per epoch. With
-    resample_latent_dim > 0 the marginal pairs are drawn afresh each epoch.
-    A whole epoch per element lets the training loop run in one TensorFlow
-    call; prefetch shuffles the next epoch while this one trains.
+    Each element is (batches, batch_rows): each critic's rows in a new
+    order, cut into [critics, steps, batch_size, columns], and the number of
+    real rows in each step, [steps]. The rows left over after the full
+    batches make one last batch, padded to batch_size with rows that the
+    bound masks out: every step has the same shape, so the training step is
+    traced and compiled once. Every critic trains on as many rows per epoch
+    as the smallest has, so that they step together: a critic with one row
+    more leaves out a different one each epoch. With resample_latent_dim > 0
+    the marginal pairs are drawn afresh each epoch. A whole epoch per
+    element lets the training loop run in one TensorFlow call; prefetch
+    shuffles the next epoch while this one trains.
     """
-    rows = tf.convert_to_tensor(rows)
-    n_rows, columns = rows.shape
-    steps = n_rows // batch_size
+    stacked, counts = stacked_rows(rows_per_critic)
+    critics, _, columns = stacked.shape
+    used = int(counts.min())
+    steps = -(-used // batch_size)
+    stacked = np.concatenate([stacked, np.zeros((critics, steps * batch_size - used, columns), np.float32)], axis=1)
+    rows, counts = tf.constant(stacked), tf.constant(counts)
+    batch_rows = tf.constant(np.minimum(batch_size, used - batch_size * np.arange(steps)), tf.int32)
 
     def one_epoch(epoch):
-        shuffled = reshuffled(rows, seed, epoch, 0, resample_latent_dim)
-        full = tf.reshape(shuffled[: steps * batch_size], [steps, batch_size, columns])
-        return full, shuffled[steps * batch_size :]
+        shuffled = paired_marginals(rows, counts, seed, epoch, 0, resample_latent_dim)
+        return tf.reshape(shuffled[:, : steps * batch_size], [critics, steps, batch_size, columns]), batch_rows
 
     return tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1)
 
@@ -313,8 +343,8 @@ def read_cached_rows(cache_path, width, first_row, count):
 def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, shuffle_buffer, transform,
                    resample_latent_dim=0):
     """One epoch of the training rows [0, training_rows) of a cache, as a
-    tf.data pipeline of (full_batches, last_batch) chunks (last_batch always
-    empty), in bounded memory.
+    tf.data pipeline of (batches, batch_rows) chunks for one critic, as
+    epoch_batches makes them (every batch full), in bounded memory.
 
     The shards of SHARD_ROWS rows are taken in an order fixed by (seed,
     epoch) and grouped into windows of about shuffle_buffer rows; each
@@ -344,7 +374,7 @@ def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, sh
         full = tf.ensure_shape(full, [None, batch_size, None])
         if resample_latent_dim:
             full = tf.concat([full[:, :, :-resample_latent_dim], tf.roll(full[:, :, -resample_latent_dim:], 1, axis=1)], axis=2)
-        return full, tf.zeros([0, tf.shape(full)[2]])
+        return full[None], tf.fill(tf.shape(full)[:1], batch_size)  # one critic, every batch full
 
     return tf.data.Dataset.range(len(windows)).map(element).prefetch(1)
 

@@ -11,37 +11,92 @@ override any of them:
 """
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
-import tensorflow as tf  # noqa: E402
+# An absl log record: severity letter, date, time (or seconds since 1970), thread, file:line].
+LOG_RECORD = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ")
+LOG_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def startup_lines_kept(text, min_level):
+    """The lines of TensorFlow's start-up stderr that TF_CPP_MIN_LOG_LEVEL
+    `min_level` lets through: records of severity I, W, E, F (0-3) at
+    min_level or above, with their continuation lines; anything that is not
+    a record and follows none is kept. absl's preamble is dropped."""
+    kept, keeping = [], True
+    for line in text.splitlines(keepends=True):
+        record = LOG_RECORD.match(line)
+        if record:
+            keeping = "IWEF".index(record.group(1)) >= min_level
+        if keeping and line.rstrip("\n") != LOG_PREAMBLE:
+            kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def startup_log_filtered():
+    """Filters what TensorFlow writes to file descriptor 2 inside the block.
+
+    TensorFlow 2.21 logs a few INFO lines while its libraries load (oneDNN
+    on CPUs with AVX-512 or AMX, CPU features), before absl's logging reads
+    TF_CPP_MIN_LOG_LEVEL, and so whatever it is set to. Set to 2 here
+    unless the user set it, those lines are held back; warnings and errors
+    still reach stderr, and everything does if the block fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    min_level = int(os.environ["TF_CPP_MIN_LOG_LEVEL"]) if os.environ["TF_CPP_MIN_LOG_LEVEL"].isdigit() else 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write(text if failed else startup_lines_kept(text, min_level))
+            sys.stderr.flush()
+
+
+with startup_log_filtered():
+    import tensorflow as tf
 
 from mi_data_processing import (  # noqa: E402
     SHARD_ROWS,
+    TRANSFORMS,
     InputError,
     build_cache,
-    fold_rows,
-    read_cached_rows,
-    streamed_epoch,
     epoch_batches,
-    TRANSFORMS,
     fit_transform_parameters,
+    fold_rows,
     load_rows,
     make_transform,
+    paired_marginals,
+    read_cached_rows,
     read_sidecar,
-    reshuffled,
+    real_rows_mask,
     save_json,
     save_rows,
     split_rows,
+    stacked_rows,
+    streamed_epoch,
     write_atomically,
 )
 from mi_layers import ACTIVATIONS, training_flops_per_row  # noqa: E402
@@ -258,23 +313,30 @@ def split_input(args, rows):
 
 
 class TrainingData:
-    """Where an epoch's rows come from: in memory or streamed from a cache.
+    """Where each epoch's rows come from, for all the critics: in memory or
+    streamed from a cache.
 
     epochs(first_epoch) yields, for each epoch from first_epoch on, an
-    iterable of (full_batches, last_batch) chunks for make_train_epoch.
+    iterable of (full_batches, last_batch) chunks as epoch_batches makes
+    them, with a leading critic axis: one chunk in memory, one per window
+    when streamed. held_out_rows and transform_parameters hold one entry per
+    critic; training_counts each critic's training rows (each epoch every
+    critic trains on as many as the smallest has).
     """
 
-    def __init__(self, total_rows, training_count, held_out_rows, transform_parameters, epochs):
+    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs):
         self.total_rows = total_rows
-        self.training_count = training_count
+        self.training_counts = training_counts
         self.held_out_rows = held_out_rows
         self.transform_parameters = transform_parameters
         self.epochs = epochs
+        self.critics = len(training_counts)
+        self.rows_per_epoch = min(training_counts)
 
 
 def in_memory_data(args, resample_latent_dim):
-    """The rows in memory, as one TrainingData per critic: one (training
-    and held-out rows by --val_fraction), or one per fold with --folds."""
+    """The rows in memory: one critic (training and held-out rows by
+    --val_fraction), or one per fold with --folds."""
     rows = read_input(args)
     if args.folds == 1:
         splits = [split_input(args, rows)]
@@ -283,23 +345,24 @@ def in_memory_data(args, resample_latent_dim):
         if min(len(training_rows) for training_rows, _ in splits) < args.batch_size or len(rows) < 4 * args.folds:
             fail(f"{args.input} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
-    folds_data = []
+    training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
         parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
         transform = make_transform(args.transform, parameters, sample_width)
-        training_rows = transform(training_rows)
+        training_sets.append(transform(training_rows))
+        held_out_sets.append(transform(held_out_rows))
+        parameters_per_critic.append(parameters)
 
-        def epochs(first_epoch, training_rows=training_rows):
-            for element in epoch_batches(training_rows, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
-                yield [element]
+    def epochs(first_epoch):
+        for element in epoch_batches(training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
+            yield [element]
 
-        folds_data.append(TrainingData(len(rows), len(training_rows), transform(held_out_rows), parameters, epochs))
-    return folds_data
+    return TrainingData(len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs)
 
 
 def streamed_data(args, resample_latent_dim):
-    """The input through a binary cache, in bounded memory, as a list of
-    one TrainingData (streaming does not cross-fit). The held-out
+    """The input through a binary cache, in bounded memory, for one critic
+    (streaming does not cross-fit). The held-out
     rows are a fixed block at the end of the file (at most one shard), so
     the file should be in random order; the input map is fitted on a
     random sample of TRANSFORM_SAMPLE training rows."""
@@ -337,7 +400,7 @@ def streamed_data(args, resample_latent_dim):
             yield streamed_epoch(cache_path, file_width, training_rows, args.batch_size, args.seed, epoch,
                                  args.shuffle_buffer, lambda raw: transform(full_width(raw)), resample_latent_dim)
 
-    return [TrainingData(total_rows, training_rows, held_out_rows, parameters, epochs)]
+    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs)
 
 
 def make_optimizer(args, total_steps):
@@ -350,49 +413,131 @@ def make_optimizer(args, total_steps):
 
 
 def make_train_step(model, optimizer):
-    """The training step of the reference: one gradient step on a batch.
+    """The training step of the reference: one gradient step on a batch,
+    [critics, rows, columns], for every critic at once; real_rows
+    [critics, rows] marks padding rows with 0 (None: every row is real).
 
-    Returns (bound, joint_part, marginal_part) of the batch.
+    Returns [critics, 3]: (bound, joint_part, marginal_part) of each
+    critic's batch.
     """
 
-    def train_step(batch):
+    def train_step(batch, real_rows=None):
         with tf.GradientTape() as tape:
-            cost, joint_part, marginal_part = model(batch, training=True)
-        gradients = tape.gradient(cost, model.trainable_variables)
+            cost, joint_part, marginal_part = model(batch, real_rows, training=True)
+            total_cost = tf.reduce_sum(cost)  # critics share no weight: each gets its own gradient
+        gradients = tape.gradient(total_cost, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return tf.stack([-cost, joint_part, marginal_part])
+        return tf.stack([-cost, joint_part, marginal_part], axis=1)
 
     return train_step
 
 
-def make_train_epoch(train_steps, jit):
-    """Every step of one epoch in a single TensorFlow call, compiled with
-    XLA when `jit`: no Python runs between steps. `train_steps` holds one
-    step per critic (several when cross-fitting), and the returned function
-    takes one element of epoch_batches per critic and steps them in turn
-    in the same loop, which is cheaper than one call per critic (measured:
-    README.md, "Error bars"). Returns a [critics, 3] tensor: the row-weighted
-    means of (bound, joint_part, marginal_part) over each critic's batches.
-    Shapes are the same every epoch, so it is traced once."""
+def train_chunk(train_step, batches, batch_rows):
+    """Every step of one chunk of an epoch (epoch_batches), in one graph
+    loop: batches [critics, steps, batch_size, columns], of which the first
+    batch_rows[step] rows of each step are real. Returns [critics, 3]: the
+    row-weighted means of (bound, joint_part, marginal_part) over the
+    chunk's steps."""
+    critics, steps, batch_size = batches.shape[:3]
+    totals = tf.zeros([critics, 3])
+    for step in tf.range(steps):
+        real_rows = tf.cast(tf.range(batch_size) < batch_rows[step], tf.float32)
+        totals += tf.cast(batch_rows[step], tf.float32) * train_step(batches[:, step], tf.tile(real_rows[None], [critics, 1]))
+    return totals / tf.cast(tf.reduce_sum(batch_rows), tf.float32)
 
-    @tf.function(jit_compile=jit)
-    def train_epoch(elements):
-        shared_steps = min(full_batches.shape[0] for full_batches, _ in elements)
-        batch_size = elements[0][0].shape[1]
-        totals = tf.zeros([len(elements), 3])
-        for step in tf.range(shared_steps):
-            totals += batch_size * tf.stack([train_step(full_batches[step]) for train_step, (full_batches, _) in zip(train_steps, elements)])
-        means = []
-        for total, train_step, (full_batches, last_batch) in zip(tf.unstack(totals), train_steps, elements):
-            # folds may differ by a row, and so by a step or the last batch
-            for step in range(shared_steps, full_batches.shape[0]):
-                total += batch_size * train_step(full_batches[step])
-            if last_batch.shape[0]:  # the rows left over, as one smaller batch
-                total += last_batch.shape[0] * train_step(last_batch)
-            means.append(total / (full_batches.shape[0] * batch_size + last_batch.shape[0]))
-        return tf.stack(means)
 
-    return train_epoch
+def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
+    """Each critic's bound on each of its held-out parts, [critics, parts]:
+    halves is [critics, parts, most rows, columns] with counts
+    [critics, parts] real rows, as stacked_halves makes it. Each bound is
+    averaged over `passes` fresh marginal pairings (streams 1.. keep them
+    apart from the training order). One pass of the network scores every
+    part's joint half, and one every pairing's marginal half."""
+    rows, counts = halves
+    critics, parts, most_rows, columns = rows.shape
+    width = model.sample_width
+    groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
+    group_counts = tf.reshape(counts, [-1])
+    paired = tf.stack([paired_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
+                       for stream in range(1, passes + 1)])  # [passes, groups, most_rows, columns]
+    joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
+    marginal_scores = model.statistics_network(
+        tf.reshape(tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
+                   [critics, passes * parts * most_rows, width]))
+    out_width = joint_scores.shape[-1]
+    # a group per (critic, pass, part): the bound of each, then the mean over the passes
+    joint_scores = tf.tile(tf.reshape(joint_scores, [critics, 1, parts, most_rows, out_width]), [1, passes, 1, 1, 1])
+    mask = tf.tile(tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1])
+    bounds = model.bound(tf.reshape(joint_scores, [-1, most_rows, out_width]),
+                         tf.reshape(marginal_scores, [-1, most_rows, out_width]), tf.reshape(mask, [-1, most_rows]))[0]
+    return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
+
+
+class CompiledCritics:
+    """The critics' model and optimizer, and the TensorFlow functions that
+    train and evaluate them, each traced (and compiled with XLA when `jit`)
+    on first use.
+
+    train(batches, batch_rows) runs every step of an epoch (or of one chunk
+    of a streamed epoch) in one call and returns [critics, 3] training
+    means; evaluate(halves, seed, epoch) returns each critic's bound on its
+    two held-out halves, [critics, 2] (halves as stacked_halves makes them).
+    Each is one call per epoch, whatever the number of critics.
+    """
+
+    def __init__(self, model, optimizer, jit, passes, resample_latent_dim):
+        self.model, self.optimizer = model, optimizer
+        self.initial_optimizer_state = [variable.numpy() for variable in optimizer.variables]
+        self.step = step = make_train_step(model, optimizer)
+
+        def evaluate(halves, seed, epoch):
+            return held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim)
+
+        self.train = tf.function(lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit)
+        # Not compiled with XLA: measured, compiling the evaluation (its
+        # sorts) took 2.8 s more for no faster epoch; as a graph it costs
+        # 0.7 s to trace and one call per epoch whatever the critics.
+        self.evaluate = tf.function(evaluate)
+
+    def reset(self, initial_weights):
+        """Back to the start of a run: the given weights, a fresh optimizer."""
+        self.model.set_weights(initial_weights)
+        for variable, value in zip(self.optimizer.variables, self.initial_optimizer_state):
+            variable.assign(value)
+
+
+# Every call of main() in a process (notebooks, sweeps, the benchmarks)
+# reuses the CompiledCritics of a configuration it has seen: a new model
+# would trace and compile its functions anew, and TensorFlow keeps every
+# compiled function for the life of the process (measured: about 80 MB a
+# call; README.md, "Many runs in one process").
+COMPILED_CRITICS = {}
+
+
+def make_model(args, critics, seed=None):
+    """The run's model; with a seed, its initial weights are those of the seed."""
+    return MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate,
+                     args.activation, critics, seed)
+
+
+def compiled_critics(args, critics, total_steps, strategy):
+    """The CompiledCritics for this run's configuration, with its weights
+    set to this seed's initial ones, made or taken from COMPILED_CRITICS."""
+    passes = args.eval_permutations if resampled_latent_dim(args) else 1
+    key = (args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.activation, args.estimator, args.ema_rate,
+           critics, args.optimizer, args.lr, args.lr_schedule, total_steps, args.jit, passes, resampled_latent_dim(args))
+    compiled = COMPILED_CRITICS.get(key)
+    replicated = strategy.num_replicas_in_sync > 1
+    if replicated or compiled is None:
+        with strategy.scope():
+            model = make_model(args, critics)
+            optimizer = make_optimizer(args, total_steps)
+            optimizer.build(model.trainable_variables)
+        compiled = CompiledCritics(model, optimizer, args.jit, passes, resampled_latent_dim(args))
+        if not replicated:  # a replicated model's variables belong to its strategy: not kept
+            COMPILED_CRITICS[key] = compiled
+    compiled.reset(make_model(args, critics, args.seed).get_weights())
+    return compiled
 
 
 def make_strategy(args):
@@ -427,43 +572,42 @@ def is_chief(strategy):
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def split_for_replicas(strategy, full_batches, last_batch):
-    """Each replica's share of every global batch of an epoch: rows
-    [r * B / R, (r + 1) * B / R) of each batch for replica r of R. Every
-    worker builds the same epoch from (seed, epoch) and keeps its own
+def split_for_replicas(strategy, batches):
+    """Each replica's share of every global batch of an epoch (one critic):
+    rows [r * B / R, (r + 1) * B / R) of each batch for replica r of R.
+    Every worker builds the same epoch from (seed, epoch) and keeps its own
     replicas' shares, so no rows travel between workers."""
 
-    def share(rows, context):
-        size = rows.shape[0]
-        replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
-        return rows[replica * size // replicas : (replica + 1) * size // replicas]
+    def share(context):
+        replica, replicas, size = context.replica_id_in_sync_group, context.num_replicas_in_sync, batches.shape[2]
+        return batches[:, :, replica * size // replicas : (replica + 1) * size // replicas]
 
-    full_shares = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.transpose(share(tf.transpose(full_batches, [1, 0, 2]), context), [1, 0, 2])
-    )
-    last_shares = strategy.experimental_distribute_values_from_function(lambda context: share(last_batch, context))
-    return full_shares, last_shares
+    return strategy.experimental_distribute_values_from_function(share)
 
 
 def make_distributed_train_epoch(strategy, train_step):
-    """make_train_epoch for several replicas: the loop over steps stays in
-    one tf.function, and each step runs on every replica (strategy.run) on
-    its share of the global batch (split_for_replicas). The bound is that of
-    the whole global batch (MineModel.cross_replica_cost), so the result is
-    the same as on one device. Not compiled with XLA: XLA cannot compile the
-    replicas' collective operations in this loop."""
+    """train_chunk for several replicas: the loop over steps stays in one
+    tf.function, and each step runs on every replica (strategy.run) on its
+    share of the global batch (split_for_replicas), padding rows masked as
+    in train_chunk. The bound is that of the whole global batch
+    (MineModel.cross_replica_cost), so the result is the same as on one
+    device. Not compiled with XLA: XLA cannot compile the replicas'
+    collective operations in this loop."""
 
     @tf.function
-    def train_epoch(full_shares, last_shares, batch_size, last_size):
-        steps = strategy.experimental_local_results(full_shares)[0].shape[0]
-        totals = tf.zeros([3])
+    def train_epoch(shares, batch_rows, batch_size):
+        steps = strategy.experimental_local_results(shares)[0].shape[1]
+        totals = tf.zeros([1, 3])
         for step in tf.range(steps):
-            results = strategy.run(lambda shares: train_step(shares[step]), args=(full_shares,))
-            totals += batch_size * strategy.experimental_local_results(results)[0]
-        if last_size:
-            results = strategy.run(train_step, args=(last_shares,))
-            totals += last_size * strategy.experimental_local_results(results)[0]
-        return totals / (steps * batch_size + last_size)
+            def replica_step(replica_batches):
+                context = tf.distribute.get_replica_context()
+                first_row = context.replica_id_in_sync_group * batch_size // context.num_replicas_in_sync
+                real_rows = tf.cast(first_row + tf.range(replica_batches.shape[2]) < batch_rows[step], tf.float32)[None]
+                return train_step(replica_batches[:, step], real_rows)
+
+            results = strategy.run(replica_step, args=(shares,))
+            totals += tf.cast(batch_rows[step], tf.float32) * strategy.experimental_local_results(results)[0]
+        return totals / tf.cast(tf.reduce_sum(batch_rows), tf.float32)
 
     return train_epoch
 
@@ -531,30 +675,6 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-def make_evaluator(models, seed, passes, resample_latent_dim):
-    """A tf.function (rows per model, epoch) -> each model's bound on its
-    rows in one batch, averaged over `passes` fresh marginal pairings
-    (streams 1.. keep them apart from the training order). The joint scores
-    do not depend on the pairing, so they are computed once. One function
-    for all the critics: one call per epoch, traced once. Not compiled with
-    XLA: measured faster without, and it saves the compile."""
-    width = models[0].sample_width
-
-    @tf.function(reduce_retracing=True)
-    def evaluate(rows_per_model, epoch):
-        model_bounds = []
-        for model, rows in zip(models, rows_per_model):
-            joint_scores = model.statistics_network(rows[:, :width])
-            bounds = []
-            for stream in range(1, passes + 1):
-                paired = reshuffled(rows, seed, epoch, stream, resample_latent_dim)
-                bounds.append(model.bound(joint_scores, model.statistics_network(paired[:, width:]))[0])
-            model_bounds.append(tf.reduce_mean(bounds))
-        return tf.stack(model_bounds)
-
-    return evaluate
-
-
 # What --resume must find unchanged: any of these changes the split, the
 # network or the steps, and the continued run would not be the same run.
 RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "activation", "estimator", "seed",
@@ -587,17 +707,40 @@ def require_matplotlib():
         fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
 
 
+def save_curves(output_dir, history, has_held_out, plot, truth):
+    """The per-epoch files of one or more critics into output_dir:
+    history is [epochs, critics, 6] (training-rows bound, joint part,
+    marginal part, held-out bound, its two halves); with several critics
+    each row holds their mean."""
+    mean = history.mean(axis=1)
+    save_rows(os.path.join(output_dir, ESTIMATE_FILE), mean[:, 0])
+    save_rows(os.path.join(output_dir, PARTS_FILE), mean[:, 1:3])
+    if has_held_out:
+        save_rows(os.path.join(output_dir, HELD_OUT_FILE), mean[:, 3])
+    if plot and len(history):
+        save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
+
+
 def save_plot(path, history, truth):
+    """The bound per epoch: with one critic on its training and held-out
+    rows; with several, each critic's held-out curve and their means."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = np.arange(1, len(history) + 1)
+    critics = history.shape[1]
+    has_held_out = not np.isnan(history[:, :, 3]).all()
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(epochs, history[:, 0], label="training rows")
-    if not np.isnan(history[:, 3]).all():
-        axes.plot(epochs, history[:, 3], label="held-out rows")
+    if critics > 1 and has_held_out:
+        for k in range(critics):
+            axes.plot(epochs, history[:, k, 3], color="tab:orange", alpha=0.3, linewidth=0.8,
+                      label=f"held-out rows, each of {critics} critics" if k == 0 else None)
+    mean_of = f"mean of {critics} critics, " if critics > 1 else ""
+    axes.plot(epochs, history[:, :, 0].mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
+    if has_held_out:
+        axes.plot(epochs, history[:, :, 3].mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
     if truth is not None:
         axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
     axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
@@ -633,8 +776,8 @@ def evaluate_only(args):
     rows = make_transform(kind, parameters, model.sample_width)(read_input(args))
     resample_latent_dim = resampled_latent_dim(args)
     passes = args.eval_permutations if resample_latent_dim else 1
-    evaluate = make_evaluator([model], args.seed, passes, resample_latent_dim)
-    bound = float(evaluate([tf.constant(rows)], tf.constant(0, tf.int64))[0])
+    every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
+    bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
     print(f"bound of {args.evaluate_only} on {args.input}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)")
     return {"mi_estimate": bound, "rows": len(rows)}
 
@@ -654,7 +797,7 @@ def main(argv=None):
     resample_latent_dim = resampled_latent_dim(args)
     if args.folds > 1 and args.cache_dir:
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
-    folds_data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
+    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as error:
@@ -662,30 +805,48 @@ def main(argv=None):
     lock = acquire_lock(args.output_dir)
     stop = StopRequest()
     try:
-        return train(args, strategy, folds_data, stop)
+        return train(args, strategy, data, stop)
     finally:
         stop.restore()
         os.unlink(lock)
 
 
-def held_out_halves(held_out_rows):
-    """The two halves whose best epochs select each other's estimate
-    (cross_selected_estimate); None without held-out rows."""
-    half = len(held_out_rows) // 2
-    return (tf.constant(held_out_rows[:half]), tf.constant(held_out_rows[half:])) if half else None
+def train(args, strategy, data, stop):
+    """Trains the run's critics, writes the outputs and returns the summary.
+
+    One critic is the plain run; with --folds K there are K critics side by
+    side, critic k trained on every fold but k and read on fold k (its
+    files in OUTPUT_DIR/fold-k). On divergence or a stop request the
+    outputs of the completed epochs are written, and the run ends with exit
+    status 3, or 128 + the signal's number."""
+    run = prepare(args, strategy, data)
+    outcome = epoch_loop(args, run, data, stop)
+    return write_outputs(args, run, data, outcome, stop)
 
 
-def train(args, strategy, folds_data, stop):
-    """Trains one critic per entry of folds_data, writes the outputs, and
-    returns the summary. One entry is the plain run; with --folds K there
-    are K critics, trained side by side in the same compiled call per epoch,
-    critic k on every fold but k and read on fold k (its files in
-    OUTPUT_DIR/fold-k). On divergence or a stop request the outputs of the
-    completed epochs are written, and the run ends with exit status 3, or
-    128 + the signal's number."""
-    critics = len(folds_data)
+class Run:
+    """What the epoch loop and the outputs need of a prepared run."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def stacked_halves(held_out_rows):
+    """Each critic's held-out rows cut into the two halves whose best epochs
+    select each other's estimate (cross_selected_estimate), as (rows
+    [critics, 2, most rows, columns], counts [critics, 2]); None without
+    held-out rows."""
+    if min(len(rows) for rows in held_out_rows) < 2:
+        return None
+    rows, counts = stacked_rows([half for rows in held_out_rows for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :])])
+    return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
+
+
+def prepare(args, strategy, data):
+    """Everything before the first epoch: directories, the compiled critics,
+    the checkpoint (restored with --resume), TensorBoard and the start line."""
+    critics = data.critics
     output_dirs = [args.output_dir] if critics == 1 else [os.path.join(args.output_dir, f"fold-{k + 1}") for k in range(critics)]
-    resample_latent_dim = resampled_latent_dim(args)
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
     identity = run_identity(args)
     if args.resume:
@@ -693,29 +854,9 @@ def train(args, strategy, folds_data, stop):
     for output_dir in output_dirs:
         os.makedirs(output_dir, exist_ok=True)
     write_atomically(os.path.join(args.output_dir, FLAGS_FILE), lambda stream: stream.write(flags_file_text(args)))
-    truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
 
-    sample_width = args.data_dim + args.latent_dim
-    tf.keras.utils.set_random_seed(args.seed)
-    with strategy.scope():
-        models = [
-            MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate, args.activation)
-            for _ in folds_data
-        ]
-        optimizers = [make_optimizer(args, args.n_epoch * -(-data.training_count // args.batch_size)) for data in folds_data]
-        for model, optimizer in zip(models, optimizers):
-            optimizer.build(model.trainable_variables)
-    train_steps = [make_train_step(model, optimizer) for model, optimizer in zip(models, optimizers)]
+    compiled = compiled_critics(args, critics, args.n_epoch * -(-data.rows_per_epoch // args.batch_size), strategy)
     replicated = strategy.num_replicas_in_sync > 1  # then there is one critic: main refuses --folds
-    if replicated:
-        train_epoch = make_distributed_train_epoch(strategy, train_steps[0])
-    else:
-        train_epoch = make_train_epoch(train_steps, args.jit)
-    passes = args.eval_permutations if resample_latent_dim else 1
-    evaluate = make_evaluator(models, args.seed, passes, resample_latent_dim)
-    halves = [held_out_halves(data.held_out_rows) for data in folds_data]
-    has_held_out = halves[0] is not None
-
     # Everything a resumed run needs to continue as if never stopped: the
     # shuffles are fixed by (seed, epoch), so the epoch stands for the RNG.
     # The history holds, per epoch and critic: bound, joint_part and
@@ -723,89 +864,118 @@ def train(args, strategy, folds_data, stop):
     # two halves' bounds.
     completed_epochs = tf.Variable(0, dtype=tf.int64)
     history_so_far = tf.Variable(np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64)
-    checkpoint = tf.train.Checkpoint(models=models, optimizers=optimizers, epoch=completed_epochs, history=history_so_far)
+    checkpoint = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
     if args.resume:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     else:
         os.makedirs(checkpoint_dir, exist_ok=True)
         save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
-    history = list(history_so_far.numpy().reshape(-1, critics, 6))
     first_epoch = int(completed_epochs)
 
     writer = tf.summary.create_file_writer(args.logdir or os.path.join(args.output_dir, "logs"))
     with writer.as_default():
         tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
-    progress = tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"]) if sys.stdout.isatty() and not args.quiet else None
-    training_counts = [data.training_count for data in folds_data]
-    held_out_counts = [len(data.held_out_rows) for data in folds_data]
+    truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
+    run = Run(
+        critics=critics, output_dirs=output_dirs, compiled=compiled, replicated=replicated, truth=truth,
+        distributed_epoch=make_distributed_train_epoch(strategy, compiled.step) if replicated else None,
+        strategy=strategy, halves=stacked_halves(data.held_out_rows), first_epoch=first_epoch,
+        history=list(history_so_far.numpy().reshape(-1, critics, 6)), completed_epochs=completed_epochs,
+        history_so_far=history_so_far, manager=manager, writer=writer,
+        flops_per_row=training_flops_per_row(args.data_dim + args.latent_dim, args.hid_width, args.out_width),
+    )
     if not args.quiet:
-        def span(counts):
-            return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+        print_start_line(args, run, data)
+    return run
 
-        rows_text = (f"{training_counts[0]} training rows, {held_out_counts[0]} held out" if critics == 1 else
-                     f"{critics} critics side by side, each trained on {span(training_counts)} rows and read on "
-                     f"the other {span(held_out_counts)}")
-        print(
-            f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
-            f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
-            + (f", {strategy.num_replicas_in_sync} replicas ({args.strategy})" if replicated else "")
-            + (f", true MI {truth} nats" if truth is not None else "")
-            + (f"; resumed after epoch {first_epoch}" if args.resume else "")
-        )
 
-    flops_per_row = training_flops_per_row(sample_width, args.hid_width, args.out_width)
-    training_seconds, rows_per_epoch = [], []
+def print_start_line(args, run, data):
+    held_out_counts = [len(rows) for rows in data.held_out_rows]
+
+    def span(counts):
+        return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+
+    rows_text = (f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out" if run.critics == 1 else
+                 f"{run.critics} critics side by side, each trained on {span(data.training_counts)} rows and read on "
+                 f"the other {span(held_out_counts)}")
+    print(
+        f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
+        f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
+        + (f", {run.strategy.num_replicas_in_sync} replicas ({args.strategy})" if run.replicated else "")
+        + (f", true MI {run.truth} nats" if run.truth is not None else "")
+        + (f"; resumed after epoch {run.first_epoch}" if args.resume else "")
+    )
+
+
+def train_one_epoch(args, run, data, chunks, epoch):
+    """One epoch's training calls (one in memory, one per window when
+    streamed) and its held-out evaluation: returns the row-weighted means
+    [critics, 3] over the epoch's chunks, the rows trained (all critics)
+    and the held-out bounds [critics, 2] (NaN without held-out rows)."""
+    compiled, seed, epoch = run.compiled, tf.constant(args.seed, tf.int64), tf.constant(epoch, tf.int64)
+    totals, rows_trained = np.zeros((run.critics, 3)), 0
+    for batches, batch_rows in chunks:
+        rows = int(tf.reduce_sum(batch_rows))
+        if run.replicated:
+            means = run.distributed_epoch(split_for_replicas(run.strategy, batches), batch_rows, batches.shape[2])
+        else:
+            means = compiled.train(batches, batch_rows)
+        totals += rows * means.numpy()
+        rows_trained += rows
+    held_out = compiled.evaluate(run.halves, seed, epoch) if run.halves is not None else np.full((run.critics, 2), np.nan)
+    return totals / rows_trained, rows_trained * run.critics, np.asarray(held_out, dtype=np.float64)
+
+
+class Outcome:
+    """What the epoch loop did: per-epoch history [epochs, critics, 6], the
+    seconds and rows of each epoch trained by this process, and how it ended."""
+
+    def __init__(self, history, training_seconds, rows_per_epoch, diverged_in, train_seconds, status):
+        self.history, self.training_seconds, self.rows_per_epoch = history, training_seconds, rows_per_epoch
+        self.diverged_in, self.train_seconds, self.status = diverged_in, train_seconds, status
+
+
+def epoch_loop(args, run, data, stop):
+    """Trains epoch after epoch, logging each, checkpointing as due, until
+    --n_epoch, divergence or a stop request."""
+    progress = tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"]) if sys.stdout.isatty() and not args.quiet else None
+    history, training_seconds, rows_per_epoch = run.history, [], []
     diverged_in = None
     train_start = last_save = time.perf_counter()
-    for epoch, chunks_per_critic in enumerate(zip(*(data.epochs(first_epoch) for data in folds_data)), first_epoch + 1):
+    for epoch, chunks in enumerate(data.epochs(run.first_epoch), run.first_epoch + 1):
         epoch_start = time.perf_counter()
-        totals, rows_trained = np.zeros((critics, 3)), np.zeros((critics, 1))
-        for elements in zip(*chunks_per_critic):  # one element per critic; streaming has several per epoch
-            if replicated:
-                (full_batches, last_batch), = elements
-                shares = split_for_replicas(strategy, full_batches, last_batch)
-                means = train_epoch(*shares, full_batches.shape[1], last_batch.shape[0])[None]
-            else:
-                means = train_epoch(elements)
-            chunk_rows = np.array([[full_batches.shape[0] * full_batches.shape[1] + last_batch.shape[0]] for full_batches, last_batch in elements])
-            totals += chunk_rows * means.numpy()
-            rows_trained += chunk_rows
-        if not np.isfinite(totals).all():
+        means, rows_trained, held_out = train_one_epoch(args, run, data, chunks, epoch)
+        if not np.isfinite(means).all():
             # A non-finite loss or gradient poisons every later step of the
             # epoch; nothing of this epoch is kept, the last checkpoint stays.
             diverged_in = epoch
             break
         training_seconds.append(time.perf_counter() - epoch_start)
-        rows_per_epoch.append(rows_trained.sum())
-        epoch_tensor = tf.constant(epoch, tf.int64)
-        if has_held_out:  # [critics, 2]: the bounds on each critic's two halves
-            held_out = np.stack([evaluate(half, epoch_tensor).numpy() for half in zip(*halves)], axis=1).astype(np.float64)
-        else:
-            held_out = np.full((critics, 2), np.nan)
-        history.append(np.column_stack([totals / rows_trained, held_out.mean(axis=1), held_out]))
+        rows_per_epoch.append(rows_trained)
+        history.append(np.column_stack([means, held_out.mean(axis=1), held_out]))
         # the figures of the epoch, averaged over the critics
         bound, joint_part, marginal_part, held_out_bound = history[-1][:, :4].mean(axis=0)
         rows_per_second = rows_per_epoch[-1] / training_seconds[-1]
 
-        with writer.as_default(step=epoch):
+        with run.writer.as_default(step=epoch):
             tf.summary.scalar("estimate/training_rows", bound)
-            if has_held_out:
+            if run.halves is not None:
                 tf.summary.scalar("estimate/held_out", held_out_bound)
-            if critics > 1:
-                for k in range(critics):
+            if run.critics > 1:
+                for k in range(run.critics):
                     tf.summary.scalar(f"folds/held_out_{k + 1}", history[-1][k, 3])
             tf.summary.scalar("parts/joint", joint_part)
             tf.summary.scalar("parts/marginal", marginal_part)
             tf.summary.scalar("speed/rows_per_second", rows_per_second)
-            tf.summary.scalar("learning_rate", float(optimizers[0].learning_rate))
+            tf.summary.scalar("learning_rate", float(run.compiled.optimizer.learning_rate))
         if progress:
             progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
         elif not args.quiet:
             print(
                 f"epoch {epoch:4d}/{args.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
                 f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
-                f"{rows_per_second:9.0f} rows/s  {rows_per_second * flops_per_row / 1e9:5.1f} GFLOP/s",
+                f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
                 flush=True,
             )
         due = args.checkpoint_every and (
@@ -814,17 +984,25 @@ def train(args, strategy, folds_data, stop):
             or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
         )
         if due:
-            completed_epochs.assign(epoch)
-            history_so_far.assign(np.array(history, dtype=np.float64).reshape(-1, critics * 6))
-            manager.save(checkpoint_number=epoch)
+            run.completed_epochs.assign(epoch)
+            run.history_so_far.assign(np.array(history, dtype=np.float64).reshape(-1, run.critics * 6))
+            run.manager.save(checkpoint_number=epoch)
             last_save = time.perf_counter()
         if stop.signal is not None:
             break
     train_seconds = time.perf_counter() - train_start
+    run.writer.close()
     status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
-    writer.flush()
+    return Outcome(np.array(history, dtype=np.float64).reshape(-1, run.critics, 6), training_seconds, rows_per_epoch,
+                   diverged_in, train_seconds, status)
 
-    history = np.array(history, dtype=np.float64).reshape(-1, critics, 6)
+
+def write_outputs(args, run, data, outcome, stop):
+    """The estimate and its files: per-critic files in fold-k, the critics'
+    mean at the top, summary.json, and the final line (or the exit status
+    of a diverged or stopped run)."""
+    history, critics, truth = outcome.history, run.critics, run.truth
+    has_held_out = run.halves is not None
     estimates, best_epochs = [], []
     for k in range(critics):
         if not len(history):
@@ -844,34 +1022,35 @@ def train(args, strategy, folds_data, stop):
     else:
         estimate_from = "training rows' bound, last epoch"
     try:
-        for k, (output_dir, data) in enumerate(zip(output_dirs, folds_data)):
-            save_rows(os.path.join(output_dir, ESTIMATE_FILE), history[:, k, 0])
-            save_rows(os.path.join(output_dir, PARTS_FILE), history[:, k, 1:3])
-            if has_held_out:
-                save_rows(os.path.join(output_dir, HELD_OUT_FILE), history[:, k, 3])
-            if status != "diverged":
-                save_critic(output_dir, models[k], args.transform, data.transform_parameters)
-            if args.plot and len(history):
-                save_plot(os.path.join(output_dir, PLOT_FILE), history[:, k], truth)
+        for k, output_dir in enumerate(run.output_dirs):
+            if critics > 1:
+                save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, truth)
+            if outcome.status != "diverged":
+                critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
+                save_critic(output_dir, critic, args.transform, data.transform_parameters[k])
+        # the reference's files at the top whatever the folds: the critics' mean per epoch
+        save_curves(args.output_dir, history, has_held_out, args.plot, truth)
     except OSError as error:
         print(f"mi_main.py: error: cannot write the results to {args.output_dir}: {error.strerror}; "
               "the files already there are the previous complete ones", file=sys.stderr)
         raise SystemExit(1) from None
 
+    training_seconds, rows_per_epoch = outcome.training_seconds, outcome.rows_per_epoch
     trained_epochs = len(training_seconds)
     # speeds after the first epoch of this process, which also traces and compiles
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
-        "status": status,
+        "status": outcome.status,
         "folds": critics,
-        "epochs_completed": first_epoch + trained_epochs,
-        "diverged_in_epoch": diverged_in,
+        "epochs_completed": run.first_epoch + trained_epochs,
+        "diverged_in_epoch": outcome.diverged_in,
         "mi_estimate": estimates[0],
         "mi_estimate_from": estimate_from,
     }
     if critics > 1:
         interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None))
         summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), fold_estimates=estimates)
+    held_out_counts = [len(rows) for rows in data.held_out_rows]
     summary.update({
         "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
         "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
@@ -879,18 +1058,18 @@ def train(args, strategy, folds_data, stop):
         "estimator": args.estimator,
         "activation": args.activation,
         "n_epoch": args.n_epoch,
-        "resumed_after_epoch": first_epoch if args.resume else None,
-        "rows": folds_data[0].total_rows,
-        "training_rows": training_counts[0] if critics == 1 else training_counts,
+        "resumed_after_epoch": run.first_epoch if args.resume else None,
+        "rows": data.total_rows,
+        "training_rows": data.training_counts[0] if critics == 1 else data.training_counts,
         "held_out_rows": held_out_counts[0] if critics == 1 else held_out_counts,
         "batch_size": args.batch_size,
         "seed": args.seed,
-        "train_seconds": round(train_seconds, 3),
-        "samples_per_second": round(sum(rows_per_epoch) / train_seconds, 1) if trained_epochs else None,
+        "train_seconds": round(outcome.train_seconds, 3),
+        "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
         "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
         "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
-        "training_gflops_per_second": round(steady_rows_per_second * flops_per_row / 1e9, 2) if steady_rows_per_second else None,
-        "training_flops_per_row": flops_per_row,
+        "training_gflops_per_second": round(steady_rows_per_second * run.flops_per_row / 1e9, 2) if steady_rows_per_second else None,
+        "training_flops_per_row": run.flops_per_row,
         "hyperparameters": vars(args),
     })
     try:
@@ -898,8 +1077,8 @@ def train(args, strategy, folds_data, stop):
     except OSError as error:
         print(f"mi_main.py: error: cannot write {SUMMARY_FILE} to {args.output_dir}: {error.strerror}", file=sys.stderr)
         raise SystemExit(1) from None
-    if diverged_in:
-        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {diverged_in}; the {len(history)} completed "
+    if outcome.diverged_in:
+        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {outcome.diverged_in}; the {len(history)} completed "
               f"epochs are in {args.output_dir}/; try a smaller --lr or --estimator mine_f", file=sys.stderr)
         raise SystemExit(3)
     if stop.signal is not None:
@@ -914,7 +1093,7 @@ def train(args, strategy, folds_data, stop):
         estimate_text = f"{mi_estimate:.4f} nats"
     print(
         f"estimated I(X; Z) = {estimate_text}" + (f" (true {truth})" if truth is not None else "")
-        + (f" from the {estimate_from}" if critics == 1 else "") + f", in {train_seconds:.1f} s; results in {args.output_dir}/"
+        + (f" from the {estimate_from}" if critics == 1 else "") + f", in {outcome.train_seconds:.1f} s; results in {args.output_dir}/"
     )
     return summary
 

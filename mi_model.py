@@ -1,4 +1,5 @@
-"""The MINE model: one statistics network scored on both halves of each row.
+"""The MINE model: one statistics network (one or several critics side by
+side) scored on both halves of each row.
 
 Each input row is (x, z, x_bar, z_bar): the joint half (x, z) is a draw from
 the joint distribution P(X, Z), the marginal half (x_bar, z_bar) a draw from
@@ -26,42 +27,64 @@ import tensorflow as tf
 from mi_layers import StatisticsNetwork
 
 
-def log_mean_exp(scores):
-    """log(mean(exp(scores))) over every element, without overflow.
+def critic_mean(values, mask=None):
+    """The mean of each critic's values: [critics, rows, ...] -> [critics].
+
+    `mask` [critics, rows] marks each critic's real rows with 1 and the
+    padding that evens out its row count with 0.
+    """
+    values = tf.reshape(values, [tf.shape(values)[0], tf.shape(values)[1], -1])
+    if mask is None:
+        return tf.reduce_mean(values, axis=[1, 2])
+    real = tf.broadcast_to(mask[:, :, None] > 0, tf.shape(values))
+    count = tf.reduce_sum(tf.cast(real, values.dtype), axis=[1, 2])
+    return tf.reduce_sum(tf.where(real, values, 0.0), axis=[1, 2]) / count
+
+
+def log_mean_exp(scores, mask=None):
+    """log(mean(exp(scores))) of each critic, without overflow:
+    [critics, rows, ...] -> [critics], padding masked out as in critic_mean.
 
     The plain formula overflows float32 once a score passes about 88;
     logsumexp subtracts the maximum first.
     """
-    count = tf.cast(tf.size(scores), scores.dtype)
-    return tf.reduce_logsumexp(scores) - tf.math.log(count)
+    scores = tf.reshape(scores, [tf.shape(scores)[0], tf.shape(scores)[1], -1])
+    if mask is None:
+        count = tf.cast(tf.shape(scores)[1] * tf.shape(scores)[2], scores.dtype)
+        return tf.reduce_logsumexp(scores, axis=[1, 2]) - tf.math.log(count)
+    real = tf.broadcast_to(mask[:, :, None] > 0, tf.shape(scores))
+    count = tf.reduce_sum(tf.cast(real, scores.dtype), axis=[1, 2])
+    return tf.reduce_logsumexp(tf.where(real, scores, -np.inf), axis=[1, 2]) - tf.math.log(count)
 
 
-def donsker_varadhan_bound(joint_scores, marginal_scores):
-    """Returns (bound, joint_part, marginal_part) for one batch of scores.
+def donsker_varadhan_bound(joint_scores, marginal_scores, mask=None):
+    """Returns (bound, joint_part, marginal_part), each [critics], from
+    scores [critics, rows, out_width].
 
     joint_part = mean T(joint), marginal_part = log mean exp T(marginal),
     bound = joint_part - marginal_part. With out_width > 1 every output unit
     counts as one more score, as in the reference.
     """
-    joint_part = tf.reduce_mean(joint_scores)
-    marginal_part = log_mean_exp(marginal_scores)
+    joint_part = critic_mean(joint_scores, mask)
+    marginal_part = log_mean_exp(marginal_scores, mask)
     return joint_part - marginal_part, joint_part, marginal_part
 
 
-def f_divergence_bound(joint_scores, marginal_scores):
-    """Returns (bound, joint_part, marginal_part) of MINE-f:
+def f_divergence_bound(joint_scores, marginal_scores, mask=None):
+    """Returns (bound, joint_part, marginal_part) of MINE-f, each [critics]:
     joint_part = mean T(joint), marginal_part = mean exp(T(marginal) - 1)."""
-    joint_part = tf.reduce_mean(joint_scores)
-    marginal_part = tf.reduce_mean(tf.exp(marginal_scores - 1.0))
+    joint_part = critic_mean(joint_scores, mask)
+    marginal_part = critic_mean(tf.exp(marginal_scores - 1.0), mask)
     return joint_part - marginal_part, joint_part, marginal_part
 
 
 def updated_log_moving_average(log_average, log_value, rate):
-    """log of (1 - rate) * average + rate * value, from and to log space.
+    """log of (1 - rate) * average + rate * value, from and to log space,
+    element by element (one average per critic).
 
     A NaN log_average means no value yet: the first value starts it.
     """
-    blended = tf.reduce_logsumexp(tf.stack([tf.math.log1p(-rate) + log_average, tf.math.log(rate) + log_value]))
+    blended = tf.reduce_logsumexp(tf.stack([tf.math.log1p(-rate) + log_average, tf.math.log(rate) + log_value]), axis=0)
     return tf.where(tf.math.is_nan(log_average), log_value, blended)
 
 
@@ -78,9 +101,10 @@ def with_averaged_gradient(marginal_part, log_average):
     return constant + ratio * (marginal_part - constant)
 
 
-def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, max_across):
+def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, max_across, real_rows=None):
     """The bound of a global batch split over replicas, from one replica's
-    scores. `sum_across` and `max_across` reduce a scalar over replicas.
+    scores (one critic). `sum_across` and `max_across` reduce a scalar over
+    replicas; real_rows marks padding rows with 0, as in critic_mean.
 
     log mean exp T does not decompose into an average of per-replica
     values, so the global log-sum-exp is formed exactly from the replicas'
@@ -90,24 +114,29 @@ def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, ma
     summed over replicas, d joint_term = d joint_part and d marginal_term =
     d marginal_part (d log sum exp T = sum exp(T - log sum exp T) dT).
     """
-    count = sum_across(tf.cast(tf.size(joint_scores), joint_scores.dtype))
+    real = tf.ones_like(joint_scores, tf.bool) if real_rows is None else tf.broadcast_to(real_rows[:, :, None] > 0, tf.shape(joint_scores))
+
+    def real_sum(values):
+        return tf.reduce_sum(tf.where(real, values, 0.0))
+
+    count = sum_across(real_sum(tf.ones_like(joint_scores)))
     constant_joint, constant_marginal = tf.stop_gradient(joint_scores), tf.stop_gradient(marginal_scores)
-    joint_part = sum_across(tf.reduce_sum(constant_joint)) / count
-    joint_term = tf.reduce_sum(joint_scores) / count
+    joint_part = sum_across(real_sum(constant_joint)) / count
+    joint_term = real_sum(joint_scores) / count
     if estimator == "mine_f":
-        marginal_part = sum_across(tf.reduce_sum(tf.exp(constant_marginal - 1.0))) / count
-        marginal_term = tf.reduce_sum(tf.exp(marginal_scores - 1.0)) / count
+        marginal_part = sum_across(real_sum(tf.exp(constant_marginal - 1.0))) / count
+        marginal_term = real_sum(tf.exp(marginal_scores - 1.0)) / count
     else:
-        peak = max_across(tf.reduce_max(constant_marginal))
-        log_sum_exp = peak + tf.math.log(sum_across(tf.reduce_sum(tf.exp(constant_marginal - peak))))
+        peak = max_across(tf.reduce_max(tf.where(real, constant_marginal, -np.inf)))
+        log_sum_exp = peak + tf.math.log(sum_across(real_sum(tf.exp(constant_marginal - peak))))
         marginal_part = log_sum_exp - tf.math.log(count)
-        marginal_term = tf.reduce_sum(tf.exp(marginal_scores - log_sum_exp))
+        marginal_term = real_sum(tf.exp(marginal_scores - log_sum_exp))
     return joint_part - marginal_part, joint_part, marginal_part, joint_term, marginal_term
 
 
 def split_halves(rows, sample_width):
-    """Splits rows of 2 * sample_width columns into (joint, marginal)."""
-    return rows[:, :sample_width], rows[:, sample_width:]
+    """Splits rows of 2 * sample_width columns (the last axis) into (joint, marginal)."""
+    return rows[..., :sample_width], rows[..., sample_width:]
 
 
 def cross_selected_estimate(bounds_a, bounds_b):
@@ -148,14 +177,17 @@ ESTIMATORS = ("mine", "mine_biased", "mine_f")
 
 @tf.keras.utils.register_keras_serializable(package="mine")
 class MineModel(tf.keras.Model):
-    """Maps a batch of rows to (cost, joint_part, marginal_part).
+    """Maps each critic's batch of rows, [critics, rows, 2 * sample_width],
+    to (cost, joint_part, marginal_part), each [critics].
 
     cost is minus the estimator's bound in value; with estimator "mine" and
-    training=True its gradient is the bias-corrected one.
+    training=True its gradient is the bias-corrected one. The critics share
+    nothing but the graph: their sum of costs has, for each critic's
+    weights, the gradient that critic's cost alone would have.
     """
 
     def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, estimator="mine", ema_rate=0.01,
-                 activation="relu", **kwargs):
+                 activation="tanh", critics=1, seed=None, **kwargs):
         super().__init__(**kwargs)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -164,11 +196,12 @@ class MineModel(tf.keras.Model):
         self.sample_width = data_dim + latent_dim
         self.estimator = estimator
         self.ema_rate = ema_rate
-        self.statistics_network = StatisticsNetwork(hid_width, out_width, activation)
-        self.statistics_network.build((None, self.sample_width))
+        self.critics = critics
+        self.statistics_network = StatisticsNetwork(hid_width, out_width, activation, critics, seed)
+        self.statistics_network.build((critics, None, self.sample_width))
         # Every replica computes the same global value, so the first one's is kept.
         self.log_moving_average = self.add_weight(
-            shape=(), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False,
+            shape=(critics,), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False,
             aggregation="only_first_replica", name="log_moving_average",
         )
 
@@ -182,23 +215,27 @@ class MineModel(tf.keras.Model):
             "activation": self.statistics_network.activation,
             "estimator": self.estimator,
             "ema_rate": self.ema_rate,
+            "critics": self.critics,
+            "seed": self.statistics_network.seed,
         }
 
-    def bound(self, joint_scores, marginal_scores):
-        """(bound, joint_part, marginal_part) of this model's estimator."""
+    def bound(self, joint_scores, marginal_scores, mask=None):
+        """(bound, joint_part, marginal_part) of this model's estimator, each [critics]."""
         bound_of = f_divergence_bound if self.estimator == "mine_f" else donsker_varadhan_bound
-        return bound_of(joint_scores, marginal_scores)
+        return bound_of(joint_scores, marginal_scores, mask)
 
-    def call(self, rows, training=False):
+    def call(self, rows, real_rows=None, training=False):
+        """real_rows: None, or [critics, rows] with 0 for padding rows that
+        the bound leaves out (the last batch of an epoch)."""
         joint, marginal = split_halves(rows, self.sample_width)
         # One pass over both halves: a matrix product twice as tall is
         # cheaper than two, and the weights are shared anyway.
-        scores = self.statistics_network(tf.concat([joint, marginal], axis=0))
-        joint_scores, marginal_scores = tf.split(scores, 2, axis=0)
+        scores = self.statistics_network(tf.concat([joint, marginal], axis=1))
+        joint_scores, marginal_scores = tf.split(scores, 2, axis=1)
         replica_context = tf.distribute.get_replica_context()
         if replica_context is not None and replica_context.num_replicas_in_sync > 1:
-            return self.cross_replica_cost(joint_scores, marginal_scores, replica_context, training)
-        bound, joint_part, marginal_part = self.bound(joint_scores, marginal_scores)
+            return self.cross_replica_cost(joint_scores, marginal_scores, real_rows, replica_context, training)
+        bound, joint_part, marginal_part = self.bound(joint_scores, marginal_scores, real_rows)
         if self.estimator == "mine" and training:
             self.log_moving_average.assign(
                 updated_log_moving_average(self.log_moving_average, tf.stop_gradient(marginal_part), self.ema_rate)
@@ -206,7 +243,16 @@ class MineModel(tf.keras.Model):
             return with_averaged_gradient(marginal_part, self.log_moving_average) - joint_part, joint_part, marginal_part
         return -bound, joint_part, marginal_part
 
-    def cross_replica_cost(self, joint_scores, marginal_scores, replica_context, training):
+    def critic(self, k):
+        """Critic k alone, as a one-critic model with a copy of its weights."""
+        config = self.get_config()
+        config.update(critics=1, name=f"critic_{k + 1}")
+        single = MineModel(**config)
+        single(tf.zeros([1, 1, 2 * self.sample_width]))  # built, as saving expects
+        single.set_weights([weight.numpy()[k : k + 1] for weight in self.weights])
+        return single
+
+    def cross_replica_cost(self, joint_scores, marginal_scores, real_rows, replica_context, training):
         """(cost, joint_part, marginal_part) of the global batch on one
         replica: cost is minus the global bound in value, and its gradient
         is this replica's share of the global gradient, which the optimizer
@@ -219,11 +265,12 @@ class MineModel(tf.keras.Model):
             return tf.reduce_max(replica_context.all_gather(tf.reshape(value, [1]), axis=0))
 
         bound, joint_part, marginal_part, joint_term, marginal_term = cross_replica_bound(
-            joint_scores, marginal_scores, self.estimator, sum_across, max_across
+            joint_scores, marginal_scores, self.estimator, sum_across, max_across, real_rows
         )
         marginal_scale = 1.0
         if self.estimator == "mine" and training:
-            self.log_moving_average.assign(updated_log_moving_average(self.log_moving_average, marginal_part, self.ema_rate))
+            self.log_moving_average.assign(updated_log_moving_average(self.log_moving_average, tf.reshape(marginal_part, [1]), self.ema_rate))
             marginal_scale = tf.exp(marginal_part - self.log_moving_average)  # as in with_averaged_gradient
         surrogate = marginal_scale * marginal_term - joint_term
-        return -bound + surrogate - tf.stop_gradient(surrogate), joint_part, marginal_part
+        cost = -bound + surrogate - tf.stop_gradient(surrogate)
+        return tf.reshape(cost, [1]), tf.reshape(joint_part, [1]), tf.reshape(marginal_part, [1])

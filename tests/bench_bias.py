@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
 import tensorflow as tf  # noqa: E402
 from mi_data_processing import epoch_batches, fit_transform_parameters, make_known_mi_rows, make_transform  # noqa: E402
-from mi_model import MineModel, donsker_varadhan_bound  # noqa: E402
+from mi_model import donsker_varadhan_bound  # noqa: E402
 
 FRESH_ROWS = 60_000
 
@@ -37,20 +37,17 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
     parameters = fit_transform_parameters("rank", training_rows, 11)
     transform = make_transform("rank", parameters, 11)
     fresh = tf.constant(transform(fresh_rows))
-    args = mi_main.parse_args([*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed)])
-    tf.keras.utils.set_random_seed(seed)
-    model = MineModel(10, 1, args.hid_width, 1, args.estimator, args.ema_rate, activation)
-    optimizer = mi_main.make_optimizer(args, n_epoch * -(-len(training_rows) // args.batch_size))
-    optimizer.build(model.trainable_variables)
-    train_epoch = mi_main.make_train_epoch([mi_main.make_train_step(model, optimizer)], jit=True)
+    args = mi_main.parse_args([*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"])
+    compiled = mi_main.compiled_critics(args, 1, n_epoch * -(-len(training_rows) // args.batch_size), tf.distribute.get_strategy())
+    model = compiled.model
     best = -np.inf
-    batches = epoch_batches(transform(training_rows), args.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
-    for epoch, element in enumerate(batches, 1):
-        train_epoch([element])
+    batches = epoch_batches([transform(training_rows)], args.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
+    for epoch, (element, batch_rows) in enumerate(batches, 1):
+        compiled.train(element, batch_rows)
         if epoch % 10 == 0 or epoch > n_epoch - 3:
             # the fresh file's z_bar is drawn independently: its marginal half is a true product sample
-            bound = donsker_varadhan_bound(model.statistics_network(fresh[:, :11]), model.statistics_network(fresh[:, 11:]))[0]
-            best = max(best, float(bound))
+            bound = donsker_varadhan_bound(model.statistics_network(fresh[None, :, :11]), model.statistics_network(fresh[None, :, 11:]))[0]
+            best = max(best, float(bound[0]))
     return best
 
 

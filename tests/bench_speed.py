@@ -4,10 +4,10 @@ Not collected by pytest. Run from the repository root:
 
     python tests/bench_speed.py
 
-For each batch size it measures, on the default network (11 -> 128 -> 128
--> 1 on both halves of each row):
+The first table measures the training calls alone, for each batch size, on
+the default network (11 -> 128 -> 128 -> 1 on both halves of each row):
   (a) the project's loop: a whole epoch per call to an XLA-compiled
-      tf.function (mi_main.make_train_epoch), and the same without XLA;
+      tf.function (CompiledCritics.train), and the same without XLA;
   (b) the reference's loop: the same training step as a tf.function, called
       from Python once per batch of a tf.data dataset;
   (c) the float32 matrix-product ceiling: NumPy timing the forward and
@@ -15,23 +15,34 @@ For each batch size it measures, on the default network (11 -> 128 -> 128
 Ratios a/b and a/c are printed with the first epoch's extra cost (tracing
 and compiling) of (a).
 
-A second table times cross-fitting's K critics (--folds K, batch 256, 8,000
-training rows each, 20 epochs, compiling included): trained one after
-another, one compiled call per critic and epoch, against side by side, all
-K stepped in the same compiled call per epoch (what mi_main does).
+The second table measures whole runs, each in a fresh process or timed
+from the call of mi_main.main() to its return:
+  - the default run on the shipped data, wall time against the wall time
+    of importing TensorFlow and running one operation;
+  - that run's own rate (samples_per_second in summary.json: every row
+    trained over the whole training loop, compiling and evaluation
+    included) against its training calls' rate (training_rows_per_second);
+  - its first epoch (tracing and compiling) with 5 critics against 1;
+  - 15-epoch runs on 10,000 rows with --val_fraction 0 against a per-batch
+    Python loop in the reference's style (SGD, no XLA), model building and
+    tracing included in both.
 """
 
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
 import tensorflow as tf  # noqa: E402
-from mi_data_processing import epoch_batches  # noqa: E402
+from mi_data_processing import epoch_batches, make_known_mi_rows, save_rows  # noqa: E402
 from mi_layers import training_flops_per_row  # noqa: E402
 from mi_model import MineModel  # noqa: E402
 
@@ -41,37 +52,42 @@ FLOPS_PER_ROW = training_flops_per_row(SAMPLE_WIDTH, HID_WIDTH, 1)
 ROWS = {2: 8_192, 64: 65_536, 512: 262_144, 4096: 262_144}
 
 
-def fresh_model():
-    tf.keras.utils.set_random_seed(0)
-    model = MineModel(10, 1, HID_WIDTH, 1, "mine", activation=mi_main.ACTIVATION)
-    optimizer = tf.keras.optimizers.Adam(1e-4)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer
-
-
 def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
-    model, optimizer = fresh_model()
-    train_epoch = mi_main.make_train_epoch([mi_main.make_train_step(model, optimizer)], jit)
+    args = mi_main.parse_args(["--folds", "1", "--batch_size", str(batch_size), "--lr", "1e-4", "--lr_schedule", "constant",
+                               "--jit" if jit else "--no-jit"])
+    train = mi_main.compiled_critics(args, 1, 1, tf.distribute.get_strategy()).train
     seconds = []
-    for full_batches, last_batch in epoch_batches(rows, batch_size, 0, 0, 3, resample_latent_dim=1):
+    for batches, batch_rows in epoch_batches([rows], batch_size, 0, 0, 3, resample_latent_dim=1):
         start = time.perf_counter()
-        train_epoch([(full_batches, last_batch)]).numpy()
+        train(batches, batch_rows).numpy()
         seconds.append(time.perf_counter() - start)
     steady = min(seconds[1:])
     return len(rows) / steady, seconds[0] - steady
 
 
-def per_batch_python_loop(rows, batch_size):
-    """The reference's way: Python calls the tf.function once per batch."""
-    model, optimizer = fresh_model()
+def per_batch_python_loop(rows, batch_size, epochs=None, optimizer=None):
+    """The reference's way: Python calls the tf.function once per batch.
+    Without `epochs`: rows/s of one epoch after tracing. With `epochs`:
+    rows/s of that many epochs, building the model and tracing included."""
+    start = time.perf_counter()
+    tf.keras.utils.set_random_seed(0)
+    model = MineModel(10, 1, HID_WIDTH, 1, "mine", activation=mi_main.ACTIVATION)
+    optimizer = optimizer or tf.keras.optimizers.Adam(1e-4)
+    optimizer.build(model.trainable_variables)
     train_step = tf.function(mi_main.make_train_step(model, optimizer))
     dataset = tf.data.Dataset.from_tensor_slices(rows).shuffle(len(rows), seed=0).batch(batch_size).prefetch(2)
+    if epochs:
+        for _ in range(epochs):
+            for batch in dataset:
+                result = train_step(batch[None])
+        result.numpy()
+        return epochs * len(rows) / (time.perf_counter() - start)
     for batch in dataset.take(3):  # trace first
-        train_step(batch).numpy()
+        train_step(batch[None]).numpy()
     start = time.perf_counter()
     for batch in dataset:
-        result = train_step(batch)
+        result = train_step(batch[None])
     result.numpy()
     return len(rows) / (time.perf_counter() - start)
 
@@ -103,18 +119,43 @@ def matmul_ceiling(batch_size, repeats):
     return batch_size * repeats / best
 
 
-def critics_seconds(critics, side_by_side, epochs=20, n_rows=8_000, batch_size=256):
-    """Seconds to train `critics` critics for `epochs` epochs, compiling included."""
-    rows = np.random.default_rng(0).standard_normal((n_rows, 2 * SAMPLE_WIDTH)).astype(np.float32)
-    elements = list(epoch_batches(rows, batch_size, 0, 0, epochs, resample_latent_dim=1))
+def run_seconds(command):
     start = time.perf_counter()
-    steps = [mi_main.make_train_step(*fresh_model()) for _ in range(critics)]
-    groups = [steps] if side_by_side else [[step] for step in steps]
-    for group in groups:
-        train_epoch = mi_main.make_train_epoch(group, jit=True)
-        for element in elements:
-            train_epoch([element] * len(group)).numpy()
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def whole_runs(scratch):
+    """Rows of the whole-run table: (measure, project, reference point, ratio, target)."""
+    import_seconds = min(run_seconds([sys.executable, "-c", "import tensorflow as tf; tf.constant(1.0) + 1"]) for _ in range(2))
+    default = os.path.join(scratch, "default")
+    default_seconds = run_seconds([sys.executable, "mi_main.py", "--quiet", "--output_dir", default])
+    with open(os.path.join(default, mi_main.SUMMARY_FILE)) as stream:
+        summary = json.load(stream)
+    one = os.path.join(scratch, "one")
+    run_seconds([sys.executable, "mi_main.py", "--quiet", "--folds", "1", "--n_epoch", "3", "--output_dir", one])
+    with open(os.path.join(one, mi_main.SUMMARY_FILE)) as stream:
+        one_critic = json.load(stream)
+    table = [
+        ("default run: wall s / TensorFlow import and one op s", f"{default_seconds:.1f}", f"{import_seconds:.1f}",
+         default_seconds / import_seconds, "<= 2.5"),
+        ("default run: whole-run rows/s / training-call rows/s", f"{summary['samples_per_second']:,.0f}",
+         f"{summary['training_rows_per_second']:,.0f}", summary["samples_per_second"] / summary["training_rows_per_second"], ">= 0.6"),
+        ("first epoch s: 5 critics / 1 critic", f"{summary['first_epoch_seconds']:.2f}", f"{one_critic['first_epoch_seconds']:.2f}",
+         summary["first_epoch_seconds"] / one_critic["first_epoch_seconds"], "<= 1.3"),
+    ]
+    rows, _ = make_known_mi_rows(10_000, 1.0, seed=0)
+    path = os.path.join(scratch, "rows.dat")
+    save_rows(path, rows)
+    for batch_size, target in ((64, ">= 2"), (512, ">= 1.5")):
+        start = time.perf_counter()
+        mi_main.main(["--input", path, "--val_fraction", "0", "--n_epoch", "15", "--batch_size", str(batch_size), "--quiet",
+                      "--output_dir", os.path.join(scratch, f"short-{batch_size}")])
+        project = 15 * len(rows) / (time.perf_counter() - start)
+        plain = per_batch_python_loop(rows[:, :22].astype(np.float32), batch_size, epochs=15, optimizer=tf.keras.optimizers.SGD(0.001))
+        table.append((f"15 epochs of 10,000 rows, batch {batch_size}: rows/s / per-batch Python loop", f"{project:,.0f}",
+                      f"{plain:,.0f}", project / plain, target))
+    return table
 
 
 def main():
@@ -134,11 +175,11 @@ def main():
             f"{project / ceiling:.2f} | {project * FLOPS_PER_ROW / 1e9:.1f} | {first_epoch_extra:.2f} |",
             flush=True,
         )
-    print("\n| critics | one after another s | side by side s | ratio |")
-    print("|" + " --- |" * 4, flush=True)
-    for critics in (1, 5):
-        apart, together = critics_seconds(critics, side_by_side=False), critics_seconds(critics, side_by_side=True)
-        print(f"| {critics} | {apart:.1f} | {together:.1f} | {apart / together:.2f} |", flush=True)
+    print("\n| whole run | project | reference point | ratio | target |")
+    print("|" + " --- |" * 5, flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        for measure, project, reference, ratio, target in whole_runs(scratch):
+            print(f"| {measure} | {project} | {reference} | {ratio:.2f} | {target} |", flush=True)
 
 
 if __name__ == "__main__":

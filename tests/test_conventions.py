@@ -42,21 +42,16 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
     flags = ["--input", small_file, "--n_epoch", "6", "--checkpoint_seconds", "0", *SMALL_RUN]
     run_main([*flags, "--output_dir", str(whole)])
 
-    real_make_train_epoch = mi_main.make_train_epoch
+    real_train_one_epoch = mi_main.train_one_epoch
+    calls = []
 
-    def stops_in_epoch_4(train_steps, jit):
-        train_epoch = real_make_train_epoch(train_steps, jit)
-        calls = []
+    def stops_in_epoch_4(*arguments):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*arguments)
 
-        def epoch(*batches):
-            calls.append(1)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
-            return train_epoch(*batches)
-
-        return epoch
-
-    monkeypatch.setattr(mi_main, "make_train_epoch", stops_in_epoch_4)
+    monkeypatch.setattr(mi_main, "train_one_epoch", stops_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         run_main([*flags, "--output_dir", str(interrupted)])
     monkeypatch.undo()
@@ -124,10 +119,10 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
     trained = MineModel(10, 1, 32, 1, activation=mi_main.ACTIVATION)
-    tf.train.Checkpoint(models=[trained]).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
+    tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
         transform = make_transform(str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11)
-    rows = tf.constant(transform(np.loadtxt(small_file)))
+    rows = tf.constant(transform(np.loadtxt(small_file))[None])
     np.testing.assert_allclose(critic(rows)[0].numpy(), trained(rows)[0].numpy(), rtol=1e-6)
 
     status, out, err = run_main(["--input", small_file, "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)

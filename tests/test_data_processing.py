@@ -16,8 +16,8 @@ from mi_data_processing import (
     load_rows,
     make_known_mi_rows,
     make_transform,
+    paired_marginals,
     read_cached_rows,
-    repair_marginals,
     split_rows,
     streamed_epoch,
 )
@@ -74,10 +74,21 @@ def fit_transform(kind, training_rows, sample_width):
 
 
 def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
-    return [
-        np.concatenate([full.numpy().reshape(-1, rows.shape[1]), last.numpy()])
-        for full, last in epoch_batches(rows, batch_size, seed, first_epoch, n_epoch, resample_latent_dim)
-    ]
+    """Each epoch's real rows, in the order trained (one critic)."""
+    epochs = []
+    for batches, batch_rows in epoch_batches([rows], batch_size, seed, first_epoch, n_epoch, resample_latent_dim):
+        epochs.append(np.concatenate([batch[:size] for batch, size in zip(batches.numpy()[0], batch_rows.numpy())]))
+    return epochs
+
+
+def test_several_critics_train_on_the_smallest_count_each_from_its_own_rows():
+    sizes = (40, 41, 39)
+    critic_rows = [np.full((n, 2), k, np.float32) + np.arange(n, dtype=np.float32)[:, None] / 100 for k, n in enumerate(sizes)]
+    batches, batch_rows = next(iter(epoch_batches(critic_rows, 16, seed=0, first_epoch=0, n_epoch=1)))
+    assert batches.shape == (3, 3, 16, 2) and list(batch_rows.numpy()) == [16, 16, 7]
+    for k in range(3):
+        real = np.concatenate([batch[:size] for batch, size in zip(batches.numpy()[k], batch_rows.numpy())])
+        assert len(set(real[:, 0])) == 39 and np.all(np.floor(real[:, 0]) == k)  # 39 distinct rows of its own
 
 
 def test_every_epoch_visits_every_row_once_in_a_new_order():
@@ -178,12 +189,18 @@ def test_transform_is_monotone_fitted_on_training_rows_and_the_same_on_both_halv
         np.testing.assert_allclose(mapped[:, :2].std(axis=0), 1, atol=1e-4)
 
 
-def test_repaired_marginals_keep_x_bar_and_take_another_rows_z_bar():
-    rows = np.column_stack([np.arange(10), np.arange(10) + 100, np.arange(10) + 200, np.arange(10) + 300]).astype(np.float32)
-    repaired = repair_marginals(rows, 1).numpy()
-    np.testing.assert_array_equal(repaired[:, :3], rows[:, :3])
-    assert sorted(repaired[:, 3]) == sorted(rows[:, 3])  # the file's own z_bar values
-    assert np.all(repaired[:, 3] != rows[:, 3])  # never a row's own
+def test_paired_marginals_keep_x_bar_and_take_another_real_rows_z_bar():
+    index = np.arange(10, dtype=np.float32)
+    rows = np.zeros((2, 12, 4), np.float32)  # two critics: 10 and 7 real rows, then padding
+    for k, count in enumerate((10, 7)):
+        rows[k, :count] = np.column_stack([index, index + 100, index + 200, index + 300])[:count]
+    paired = paired_marginals(rows, np.array([10, 7], np.int32), seed=0, epoch=3, stream=1, resample_latent_dim=1).numpy()
+    for k, count in enumerate((10, 7)):
+        real = paired[k, :count]
+        assert sorted(real[:, 0]) == list(index[:count])  # every real row once, padding last
+        np.testing.assert_array_equal(real[:, 2], real[:, 0] + 200)  # x_bar kept with its row
+        assert sorted(real[:, 3]) == sorted(index[:count] + 300)  # the critic's own z_bar values
+        assert np.all(real[:, 3] != real[:, 0] + 300)  # never a row's own
 
 
 def test_resampled_epochs_pair_x_bar_with_a_new_z_bar_every_epoch():

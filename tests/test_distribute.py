@@ -19,15 +19,16 @@ from mi_model import ESTIMATORS, MineModel, cross_replica_bound, donsker_varadha
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
-    joint_scores = tf.random.stateless_normal([40, 1], seed=[1, 1])
-    marginal_scores = tf.random.stateless_normal([40, 1], seed=[2, 2]) * 30.0  # large: logsumexp must stay exact
+    joint_scores = tf.random.stateless_normal([1, 40, 1], seed=[1, 1])
+    marginal_scores = tf.random.stateless_normal([1, 40, 1], seed=[2, 2]) * 30.0  # large: logsumexp must stay exact
     bound_of = f_divergence_bound if estimator == "mine_f" else donsker_varadhan_bound
-    expected = bound_of(joint_scores, marginal_scores)
-    found = cross_replica_bound(joint_scores, marginal_scores, estimator, lambda value: value, lambda value: value)
-    np.testing.assert_allclose([float(value) for value in found[:3]], [float(value) for value in expected], rtol=1e-6)
+    real_rows = tf.constant([[1.0] * 33 + [0.0] * 7])  # the last 7 are padding
+    expected = bound_of(joint_scores[:, :33], marginal_scores[:, :33])
+    found = cross_replica_bound(joint_scores, marginal_scores, estimator, lambda value: value, lambda value: value, real_rows)
+    np.testing.assert_allclose([float(value) for value in found[:3]], [float(value[0]) for value in expected], rtol=1e-6)
 
 
-def train_one_epoch(strategy, estimator, initial_weights, full_batches, last_batch):
+def train_one_epoch(strategy, estimator, initial_weights, batches, batch_rows):
     with strategy.scope():
         model = MineModel(10, 1, 32, 1, estimator)
         optimizer = tf.keras.optimizers.SGD(0.05)  # see test_training_loop: Adam magnifies float32 noise
@@ -35,11 +36,11 @@ def train_one_epoch(strategy, estimator, initial_weights, full_batches, last_bat
     model.set_weights(initial_weights)
     train_step = mi_main.make_train_step(model, optimizer)
     if strategy.num_replicas_in_sync > 1:
-        shares = mi_main.split_for_replicas(strategy, full_batches, last_batch)
-        means = mi_main.make_distributed_train_epoch(strategy, train_step)(*shares, full_batches.shape[1], last_batch.shape[0])
+        shares = mi_main.split_for_replicas(strategy, batches)
+        means = mi_main.make_distributed_train_epoch(strategy, train_step)(shares, batch_rows, batches.shape[2])
     else:
-        means = mi_main.make_train_epoch([train_step], jit=False)([(full_batches, last_batch)])[0]
-    return means.numpy(), [weight.numpy() for weight in model.weights]
+        means = tf.function(lambda: mi_main.train_chunk(train_step, batches, batch_rows))()
+    return means.numpy()[0], [weight.numpy() for weight in model.weights]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,11 @@ def mirrored():
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_mirrored_replicas_train_exactly_as_one_device(estimator, mirrored):
     rows = np.random.default_rng(0).standard_normal((70, 22)).astype(np.float32)
-    full_batches, last_batch = next(iter(epoch_batches(rows, 32, seed=0, first_epoch=0, n_epoch=1, resample_latent_dim=1)))
+    batches, batch_rows = next(iter(epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=1, resample_latent_dim=1)))
+    assert list(batch_rows.numpy()) == [32, 32, 6]  # the padded last batch: its padding splits unevenly too
     initial_weights = MineModel(10, 1, 32, 1, estimator).get_weights()
-    one_means, one_weights = train_one_epoch(tf.distribute.get_strategy(), estimator, initial_weights, full_batches, last_batch)
-    two_means, two_weights = train_one_epoch(mirrored, estimator, initial_weights, full_batches, last_batch)
+    one_means, one_weights = train_one_epoch(tf.distribute.get_strategy(), estimator, initial_weights, batches, batch_rows)
+    two_means, two_weights = train_one_epoch(mirrored, estimator, initial_weights, batches, batch_rows)
     np.testing.assert_allclose(two_means, one_means, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one_weights[0], initial_weights[0])  # it did train
     for two, one in zip(two_weights, one_weights):

@@ -93,16 +93,43 @@ def test_zero_or_negative_hyperparameter_names_the_flag(tmp_path, capsys, flag, 
     assert_refused([flag, value], capsys, tmp_path, flag)
 
 
+def run_real_process(argv, cwd):
+    """mi_main.py in a fresh process. oneDNN is forced on, as TensorFlow
+    does by itself on CPUs with AVX-512: its start-up then logs lines that
+    ignore TF_CPP_MIN_LOG_LEVEL, whichever CPU runs the test."""
+    environment = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, os.path.join(REPO, "mi_main.py"), *argv],
+                          capture_output=True, text=True, cwd=cwd, timeout=180, env=environment)
+
+
 def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "bad.dat"
     path.write_text("1 2 3\n")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "mi_main.py"), "--input", str(path), "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )
+    result = run_real_process(["--input", str(path), "--output_dir", str(tmp_path / "out")], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr and str(path) in result.stderr
+
+
+def test_a_normal_run_in_a_real_process_prints_nothing_on_stderr(known_mi_file, tmp_path):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=12)
+    result = run_real_process(["--input", path, "--output_dir", str(tmp_path / "out"), "--n_epoch", "2", "--batch_size", "128"], tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.strip().splitlines()[-1].startswith("estimated I(X; Z)")
+
+
+def test_start_up_log_keeps_only_what_the_log_level_lets_through():
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796022806.380885    2423 port.cc:153] oneDNN custom operations are on.\n"
+        "I0000 00:00:1796022818.969401    2517 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n"
+        "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
+    )
+    assert mi_main.startup_lines_kept(text, 2) == "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
+    assert mi_main.startup_lines_kept(text, 0) == text.split("\n", 1)[1]
+    assert mi_main.startup_lines_kept("a line of our own\n", 2) == "a line of our own\n"
 
 
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
@@ -161,15 +188,38 @@ def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_f
     assert not (output_dir / mi_main.HELD_OUT_FILE).exists()
 
 
+def assert_reference_files_at_the_top(output_dir, n_epoch):
+    """The reference's two files (and the held-out curve) at the top of
+    output_dir, n_epoch rows each, finite, the estimate = joint - marginal."""
+    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE, ndmin=1)
+    parts = np.loadtxt(output_dir / mi_main.PARTS_FILE, ndmin=2)
+    held_out = np.loadtxt(output_dir / mi_main.HELD_OUT_FILE, ndmin=1)
+    assert estimates.shape == (n_epoch,) and parts.shape == (n_epoch, 2) and held_out.shape == (n_epoch,)
+    assert np.isfinite(estimates).all() and np.isfinite(parts).all() and np.isfinite(held_out).all()
+    np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
+    return estimates, parts, held_out
+
+
 @pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")
-def test_the_reference_run_on_its_own_sample(tmp_path, capsys):
+@pytest.mark.parametrize("folds", [[], ["--folds", "1"]], ids=["default folds", "one split"])
+def test_the_reference_run_on_its_own_sample(tmp_path, capsys, folds):
     output_dir = tmp_path / "out"
-    status, _, _ = run_main(
-        ["--input", SHARED_SAMPLE, "--folds", "1", "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir)], capsys
-    )
+    status, _, _ = run_main(["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir), *folds], capsys)
     assert status == 0
-    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
-    assert estimates.shape == (10,) and np.isfinite(estimates).all()
+    assert_reference_files_at_the_top(output_dir, 10)
+
+
+def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=1500, mi_nats=0.5, seed=11)
+    output_dir = tmp_path / "out"
+    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "4", "--plot"], capsys)
+    assert status == 0
+    estimates, parts, held_out = assert_reference_files_at_the_top(output_dir, 4)
+    folds = [output_dir / f"fold-{k}" for k in range(1, mi_main.FOLDS + 1)]
+    np.testing.assert_allclose(estimates, np.mean([np.loadtxt(fold / mi_main.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6)
+    np.testing.assert_allclose(parts, np.mean([np.loadtxt(fold / mi_main.PARTS_FILE) for fold in folds], axis=0), atol=1e-6)
+    np.testing.assert_allclose(held_out, np.mean([np.loadtxt(fold / mi_main.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6)
+    assert (output_dir / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_streamed_run_from_a_cache(known_mi_file, tmp_path, capsys):

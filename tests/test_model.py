@@ -20,26 +20,26 @@ from mi_model import (
 
 
 def test_constant_critic_gives_zero_bound():
-    scores = tf.fill([8, 1], 3.7)
+    scores = tf.fill([1, 8, 1], 3.7)
     bound, joint_part, marginal_part = donsker_varadhan_bound(scores, scores)
-    assert float(bound) == pytest.approx(0.0, abs=1e-6)
-    assert float(joint_part) == pytest.approx(3.7)
-    assert float(marginal_part) == pytest.approx(3.7)
+    assert float(bound[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(joint_part[0]) == pytest.approx(3.7)
+    assert float(marginal_part[0]) == pytest.approx(3.7)
 
 
 def test_hand_computed_bound():
-    joint_scores = tf.constant([[1.0], [2.0], [3.0]])
-    marginal_scores = tf.constant([[0.0], [math.log(3.0)]])
+    joint_scores = tf.constant([[[1.0], [2.0], [3.0]]])
+    marginal_scores = tf.constant([[[0.0], [math.log(3.0)]]])
     bound, joint_part, marginal_part = donsker_varadhan_bound(joint_scores, marginal_scores)
     # mean(1, 2, 3) = 2; log((e^0 + e^ln3) / 2) = log 2
-    assert float(joint_part) == pytest.approx(2.0)
-    assert float(marginal_part) == pytest.approx(math.log(2.0))
-    assert float(bound) == pytest.approx(2.0 - math.log(2.0))
+    assert float(joint_part[0]) == pytest.approx(2.0)
+    assert float(marginal_part[0]) == pytest.approx(math.log(2.0))
+    assert float(bound[0]) == pytest.approx(2.0 - math.log(2.0))
 
 
 def test_log_mean_exp_survives_scores_near_1000():
-    scores = tf.constant([[1000.0], [1000.0 + math.log(3.0)]])
-    value = float(log_mean_exp(scores))
+    scores = tf.constant([[[1000.0], [1000.0 + math.log(3.0)]]])
+    value = float(log_mean_exp(scores)[0])
     assert math.isfinite(value)
     assert value == pytest.approx(1000.0 + math.log(2.0), rel=1e-6)
     # the plain formula this replaces overflows on the same scores
@@ -55,23 +55,23 @@ def test_split_halves_takes_the_first_and_second_eleven_columns():
 
 def test_model_cost_is_minus_the_bound_of_its_network_scores():
     model = MineModel(data_dim=10, latent_dim=1, hid_width=16, out_width=1)
-    rows = tf.random.stateless_normal([32, 22], seed=[1, 2])
+    rows = tf.random.stateless_normal([1, 32, 22], seed=[1, 2])
     cost, joint_part, marginal_part = model(rows)
     network = model.statistics_network
-    expected, expected_joint, expected_marginal = donsker_varadhan_bound(network(rows[:, :11]), network(rows[:, 11:]))
-    assert float(cost) == pytest.approx(-float(expected), abs=1e-5)
-    assert float(joint_part) == pytest.approx(float(expected_joint), abs=1e-5)
-    assert float(marginal_part) == pytest.approx(float(expected_marginal), abs=1e-5)
+    expected, expected_joint, expected_marginal = donsker_varadhan_bound(network(rows[..., :11]), network(rows[..., 11:]))
+    assert float(cost[0]) == pytest.approx(-float(expected[0]), abs=1e-5)
+    assert float(joint_part[0]) == pytest.approx(float(expected_joint[0]), abs=1e-5)
+    assert float(marginal_part[0]) == pytest.approx(float(expected_marginal[0]), abs=1e-5)
 
 
 def test_f_divergence_bound_by_hand():
-    joint_scores = tf.constant([[1.0], [3.0]])
-    marginal_scores = tf.constant([[1.0], [1.0 + math.log(3.0)]])
+    joint_scores = tf.constant([[[1.0], [3.0]]])
+    marginal_scores = tf.constant([[[1.0], [1.0 + math.log(3.0)]]])
     bound, joint_part, marginal_part = f_divergence_bound(joint_scores, marginal_scores)
     # mean(1, 3) = 2; mean(e^0, e^ln3) = 2
-    assert float(joint_part) == pytest.approx(2.0)
-    assert float(marginal_part) == pytest.approx(2.0)
-    assert float(bound) == pytest.approx(0.0, abs=1e-6)
+    assert float(joint_part[0]) == pytest.approx(2.0)
+    assert float(marginal_part[0]) == pytest.approx(2.0)
+    assert float(bound[0]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_moving_average_starts_at_the_first_value_then_blends():
@@ -84,40 +84,58 @@ def test_moving_average_starts_at_the_first_value_then_blends():
 
 
 def test_averaged_gradient_keeps_the_value_and_rescales_the_gradient():
-    scores = tf.Variable([[0.5], [1.5], [-1.0]])
+    scores = tf.Variable([[[0.5], [1.5], [-1.0]]])
     log_average = tf.constant(0.2)
     with tf.GradientTape(persistent=True) as tape:
         marginal_part = log_mean_exp(scores)
         corrected = with_averaged_gradient(marginal_part, log_average)
-    assert float(corrected) == pytest.approx(float(marginal_part))
+    assert float(corrected[0]) == pytest.approx(float(marginal_part[0]))
     plain = tape.gradient(marginal_part, scores).numpy()
     rescaled = tape.gradient(corrected, scores).numpy()
     # d log mean exp T scaled by mean exp T / average = d mean exp T / average
-    expected = np.exp(scores.numpy()) / len(scores.numpy()) / math.exp(0.2)
+    expected = np.exp(scores.numpy()) / scores.shape[1] / math.exp(0.2)
     np.testing.assert_allclose(rescaled, expected, rtol=1e-5)
-    np.testing.assert_allclose(rescaled, plain * math.exp(float(marginal_part) - 0.2), rtol=1e-5)
+    np.testing.assert_allclose(rescaled, plain * math.exp(float(marginal_part[0]) - 0.2), rtol=1e-5)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_each_estimator_reports_its_own_bound(estimator):
     model = MineModel(10, 1, 16, 1, estimator=estimator)
-    rows = tf.random.stateless_normal([64, 22], seed=[3, 4])
+    rows = tf.random.stateless_normal([1, 64, 22], seed=[3, 4])
     network = model.statistics_network
-    joint_scores, marginal_scores = network(rows[:, :11]), network(rows[:, 11:])
+    joint_scores, marginal_scores = network(rows[..., :11]), network(rows[..., 11:])
     bound_of = f_divergence_bound if estimator == "mine_f" else donsker_varadhan_bound
-    expected = float(bound_of(joint_scores, marginal_scores)[0])
+    expected = float(bound_of(joint_scores, marginal_scores)[0][0])
     for training in (False, True):
         cost, _, _ = model(rows, training=training)
-        assert float(cost) == pytest.approx(-expected, abs=1e-5)
+        assert float(cost[0]) == pytest.approx(-expected, abs=1e-5)
 
 
 def test_mine_updates_its_moving_average_only_while_training():
     model = MineModel(10, 1, 16, 1, estimator="mine", ema_rate=0.5)
-    rows = tf.random.stateless_normal([64, 22], seed=[5, 6])
+    rows = tf.random.stateless_normal([1, 64, 22], seed=[5, 6])
     model(rows, training=False)
-    assert math.isnan(float(model.log_moving_average))
+    assert math.isnan(float(model.log_moving_average[0]))
     _, _, marginal_part = model(rows, training=True)
-    assert float(model.log_moving_average) == pytest.approx(float(marginal_part))
+    assert float(model.log_moving_average[0]) == pytest.approx(float(marginal_part[0]))
+
+
+def test_padding_rows_leave_the_bound_as_the_real_rows_alone():
+    real = tf.random.stateless_normal([2, 5, 1], seed=[7, 8])
+    padded = tf.concat([real, tf.fill([2, 3, 1], 50.0)], axis=1)  # 50: exp would dominate if counted
+    mask = tf.constant([[1.0] * 5 + [0.0] * 3] * 2)
+    for bound_of in (donsker_varadhan_bound, f_divergence_bound):
+        expected = bound_of(real, real[:, ::-1])
+        masked = bound_of(padded, tf.concat([real[:, ::-1], tf.fill([2, 3, 1], 50.0)], axis=1), mask)
+        for value, expected_value in zip(masked, expected):
+            np.testing.assert_allclose(value.numpy(), expected_value.numpy(), rtol=1e-6)
+
+
+def test_each_critic_has_its_own_bound():
+    scores = tf.constant([[[1.0], [1.0]], [[2.0], [0.0]]])
+    bound, joint_part, marginal_part = donsker_varadhan_bound(scores, tf.zeros([2, 2, 1]))
+    np.testing.assert_allclose(joint_part.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(bound.numpy(), [1.0, 1.0], atol=1e-6)
 
 
 def test_cross_selected_estimate_reads_each_half_at_the_others_best_epoch():

@@ -1,42 +1,49 @@
 """The in-graph epoch loop: same result as the reference's per-batch loop,
-traced once, the last short batch trained as one more step, and several
-critics (--folds) stepped side by side as each would train alone."""
+traced once, the last short batch trained as one more (padded) step, and
+K critics stacked in one network training exactly as K separate ones."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mi_data_processing import epoch_batches
-from mi_main import make_train_epoch, make_train_step
+from mi_main import make_train_step, train_chunk
 from mi_model import MineModel
 
 
-def fresh(seed=0):
+def fresh(seed=0, critics=1):
     # SGD: Adam divides by the gradient's running size, which turns float32
     # reassociation noise in a near-zero gradient into a visible step.
     tf.keras.utils.set_random_seed(seed)
-    model = MineModel(10, 1, 32, 1, "mine")
+    model = MineModel(10, 1, 32, 1, "mine", critics=critics)
     optimizer = tf.keras.optimizers.SGD(0.05)
     optimizer.build(model.trainable_variables)
     return model, optimizer
 
 
-def one_epoch(n_rows, batch_size, epoch=0):
-    rows = np.random.default_rng(1).standard_normal((n_rows, 22)).astype(np.float32)
+def compiled_epoch(model, optimizer, jit=True):
+    step = make_train_step(model, optimizer)
+    return tf.function(lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit)
+
+
+def one_epoch(row_counts, batch_size, epoch=0):
+    rng = np.random.default_rng(1)
+    rows = [rng.standard_normal((n_rows, 22)).astype(np.float32) for n_rows in row_counts]
     return next(iter(epoch_batches(rows, batch_size, seed=0, first_epoch=epoch, n_epoch=epoch + 1)))
 
 
 @pytest.mark.parametrize("jit", [True, False])
 def test_epoch_loop_matches_the_per_batch_python_loop(jit):
-    full_batches, last_batch = one_epoch(100, 16)  # 6 batches of 16, then 4 rows
+    batches, batch_rows = one_epoch([100], 16)  # 6 batches of 16, then 4 rows padded to 16
+    assert batches.shape == (1, 7, 16, 22) and list(batch_rows.numpy()) == [16] * 6 + [4]
 
     fast_model, fast_optimizer = fresh()
-    fast_means = make_train_epoch([make_train_step(fast_model, fast_optimizer)], jit)([(full_batches, last_batch)]).numpy()[0]
+    fast_means = compiled_epoch(fast_model, fast_optimizer, jit)(batches, batch_rows).numpy()[0]
 
     plain_model, plain_optimizer = fresh()
     plain_step = tf.function(make_train_step(plain_model, plain_optimizer))
-    per_batch = [plain_step(batch).numpy() for batch in list(full_batches) + [last_batch]]
-    sizes = np.array([16] * 6 + [4])
+    per_batch = [plain_step(batches[:, step, : int(size)]).numpy()[0] for step, size in enumerate(batch_rows.numpy())]
+    sizes = batch_rows.numpy()
 
     assert int(fast_optimizer.iterations) == int(plain_optimizer.iterations) == 7
     for fast, plain in zip(fast_model.weights, plain_model.weights):
@@ -47,33 +54,44 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
 
 def test_no_retrace_after_the_first_epoch():
     model, optimizer = fresh()
-    train_epoch = make_train_epoch([make_train_step(model, optimizer)], jit=True)
+    train_epoch = compiled_epoch(model, optimizer)
     rows = np.random.default_rng(2).standard_normal((70, 22)).astype(np.float32)
-    for full_batches, last_batch in epoch_batches(rows, 32, seed=0, first_epoch=0, n_epoch=4):
-        train_epoch([(full_batches, last_batch)])
+    for batches, batch_rows in epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=4):
+        train_epoch(batches, batch_rows)
     assert train_epoch.experimental_get_tracing_count() == 1
     assert int(optimizer.iterations) == 4 * 3  # 2 full batches and the 6 left over, every epoch
 
 
-def test_an_exact_multiple_of_the_batch_has_no_last_batch():
-    full_batches, last_batch = one_epoch(64, 16)
-    assert full_batches.shape == (4, 16, 22) and last_batch.shape == (0, 22)
-    model, optimizer = fresh()
-    make_train_epoch([make_train_step(model, optimizer)], jit=True)([(full_batches, last_batch)])
-    assert int(optimizer.iterations) == 4
+def test_an_exact_multiple_of_the_batch_has_no_padded_step():
+    batches, batch_rows = one_epoch([64], 16)
+    assert batches.shape == (1, 4, 16, 22) and list(batch_rows.numpy()) == [16] * 4
 
 
-def test_critics_side_by_side_train_as_they_would_alone():
-    """Folds differ by a row, so one critic has a step or a last batch the
-    other lacks; each must still see exactly its own batches."""
-    rng = np.random.default_rng(4)
-    epochs = [next(iter(epoch_batches(rng.standard_normal((n_rows, 22)).astype(np.float32), 16, 0, 0, 1))) for n_rows in (64, 67, 63)]
-    together = [fresh(seed) for seed in range(3)]
-    means = make_train_epoch([make_train_step(*pair) for pair in together], jit=True)(epochs).numpy()
-    for seed, (element, (model, optimizer)) in enumerate(zip(epochs, together)):
-        alone_model, alone_optimizer = fresh(seed)
-        alone_means = make_train_epoch([make_train_step(alone_model, alone_optimizer)], jit=True)([element]).numpy()[0]
-        assert int(optimizer.iterations) == int(alone_optimizer.iterations) == element[0].shape[0] + (element[1].shape[0] > 0)
-        np.testing.assert_allclose(means[seed], alone_means, rtol=1e-5, atol=1e-6)
-        for weight, alone_weight in zip(model.weights, alone_model.weights):
-            np.testing.assert_allclose(weight.numpy(), alone_weight.numpy(), rtol=1e-5, atol=1e-6)
+def test_stacked_critics_train_exactly_as_separate_ones():
+    """Three critics in one stacked network, on three folds' rows (a row
+    apart in size), against three one-critic networks started from the
+    same weights and fed the same batches: weights and bounds agree."""
+    batches, batch_rows = one_epoch([64, 67, 63], 16)
+    assert batches.shape == (3, 4, 16, 22) and list(batch_rows.numpy()) == [16, 16, 16, 15]  # all train on 63 rows
+    together, together_optimizer = fresh(0, critics=3)
+    means = compiled_epoch(together, together_optimizer)(batches, batch_rows).numpy()
+    tf.keras.utils.set_random_seed(0)
+    initial = MineModel(10, 1, 32, 1, "mine", critics=3).get_weights()
+    for k in range(3):
+        alone, alone_optimizer = fresh(k)
+        alone.set_weights([weight[k : k + 1] for weight in initial])
+        alone_means = compiled_epoch(alone, alone_optimizer)(batches[k : k + 1], batch_rows).numpy()[0]
+        np.testing.assert_allclose(means[k], alone_means, rtol=1e-5, atol=1e-6)
+        for weight, alone_weight in zip(together.weights, alone.weights):
+            np.testing.assert_allclose(weight.numpy()[k : k + 1], alone_weight.numpy(), rtol=1e-5, atol=1e-6)
+    assert int(together_optimizer.iterations) == 4
+
+
+def test_stacked_critics_start_as_dense_layers_would():
+    """Each critic's kernels are drawn at the scale Dense draws them,
+    whatever the number of critics stacked."""
+    for critics in (1, 5):
+        kernel = MineModel(10, 1, 128, 1, critics=critics).statistics_network.hidden_2.kernel.numpy()
+        limit = np.sqrt(6.0 / (128 + 128))
+        assert kernel.shape == (critics, 128, 128)
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
