@@ -9,7 +9,8 @@ by pytest. Run from the repository root:
 Prints one row per call: its seconds, the peak RSS of the process after it
 and the growth of that peak since the previous call; then the targets:
 after the second call the peak grows by less than 20 MB per call, and no
-call takes more than 1.3 times the median.
+call takes more than 1.3 times the median. The first call traces and
+compiles; later calls with the same flags reuse its compiled functions.
 """
 
 import argparse
@@ -55,11 +56,15 @@ def main():
             print(f"| {call} | {seconds[-1]:.1f} | {peaks[-1]:.0f} | {growth:.1f} |", flush=True)
     growth_after_second = (peaks[-1] - peaks[1]) / max(1, len(peaks) - 2)
     slowest = max(seconds) / float(np.median(seconds))
+    # the first call also traces and compiles; later calls with the same flags reuse that
+    slowest_later = max(seconds[1:]) / float(np.median(seconds[1:]))
     print()
     print("| measure | result | target |")
     print("| --- | --- | --- |")
     print(f"| peak RSS growth per call after the second | {growth_after_second:.1f} MB | < 20 MB |")
     print(f"| slowest call / median call | {slowest:.2f} | <= 1.3 |")
+    print(f"| slowest call / median call, after the first (which compiles) | {slowest_later:.2f} | |")
+    print(f"| first call s / median of the later calls s | {seconds[0]:.1f} / {np.median(seconds[1:]):.1f} | |")
 
 
 if __name__ == "__main__":
