@@ -207,6 +207,25 @@ def paired_marginals(rows, counts, seed, epoch, stream=0, resample_latent_dim=0)
     return tf.concat([shuffled[..., :-resample_latent_dim], z_bar], axis=-1)
 
 
+def shifted_marginals(rows, counts, seed, epoch, stream, resample_latent_dim):
+    """Each group's rows [groups, max_rows, columns] (counts[g] real rows
+    first) with fresh marginal pairs: row i's last resample_latent_dim
+    columns (z_bar) taken from row i + s, cyclically among the group's real
+    rows, for a random shift s in [1, count - 1] fixed by (seed, epoch,
+    stream). For rows already in random order (held-out rows are) this
+    pairs each x_bar with another row's z_bar, like paired_marginals, but
+    without a sort: cheap to compile with XLA."""
+    key = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
+    )
+    spans = tf.maximum(counts - 1, 1)
+    shifts = 1 + tf.cast(tf.random.stateless_uniform(tf.shape(counts), seed=key) * tf.cast(spans, tf.float32), tf.int32)
+    index = tf.range(tf.shape(rows)[1])[None, :]
+    partner = tf.where(index < counts[:, None], tf.math.floormod(index + tf.minimum(shifts, spans)[:, None], counts[:, None]), index)
+    z_bar = tf.gather(rows[..., -resample_latent_dim:], partner, batch_dims=1)
+    return tf.concat([rows[..., :-resample_latent_dim], z_bar], axis=-1)
+
+
 def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
     """A tf.data pipeline with one element per epoch, freshly shuffled, for
     one critic or several side by side (one array of rows each).

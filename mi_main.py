@@ -106,12 +106,12 @@ from mi_data_processing import (  # noqa: E402
     fold_rows,
     load_rows,
     make_transform,
-    paired_marginals,
     read_cached_rows,
     read_sidecar,
     real_rows_mask,
     save_json,
     save_rows,
+    shifted_marginals,
     split_rows,
     stacked_rows,
     streamed_epoch,
@@ -476,8 +476,11 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
     width = model.sample_width
     groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
     group_counts = tf.reshape(counts, [-1])
-    paired = tf.stack([paired_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
-                       for stream in range(1, passes + 1)])  # [passes, groups, most_rows, columns]
+    if resample_latent_dim:
+        paired = tf.stack([shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
+                           for stream in range(1, passes + 1)])  # [passes, groups, most_rows, columns]
+    else:  # the file's own marginal half
+        paired = groups[None]
     joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
     marginal_scores = model.statistics_network(
         tf.reshape(tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
@@ -496,11 +499,14 @@ class CompiledCritics:
     train and evaluate them, each traced (and compiled with XLA when `jit`)
     on first use.
 
-    train(batches, batch_rows) runs every step of an epoch (or of one chunk
-    of a streamed epoch) in one call and returns [critics, 3] training
-    means; evaluate(halves, seed, epoch) returns each critic's bound on its
-    two held-out halves, [critics, 2] (halves as stacked_halves makes them).
-    Each is one call per epoch, whatever the number of critics.
+    train(batches, batch_rows) runs every step of a chunk of an epoch (a
+    whole in-memory epoch, or one window of a streamed one) in one call and
+    returns [critics, 3] training means; train_and_evaluate(batches,
+    batch_rows, halves, seed, epoch) does the same, then evaluates each
+    critic on its two held-out halves in the same compiled call, and also
+    returns those bounds, [critics, 2] (halves as stacked_halves makes
+    them); evaluate(halves, seed, epoch) evaluates alone (replicated runs).
+    One or two calls per epoch, whatever the number of critics.
     """
 
     def __init__(self, model, optimizer, jit, passes, resample_latent_dim):
@@ -512,10 +518,11 @@ class CompiledCritics:
             return held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim)
 
         self.train = tf.function(lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit)
-        # Not compiled with XLA: measured, compiling the evaluation (its
-        # sorts) took 2.8 s more for no faster epoch; as a graph it costs
-        # 0.7 s to trace and one call per epoch whatever the critics.
-        self.evaluate = tf.function(evaluate)
+        self.train_and_evaluate = tf.function(
+            lambda batches, batch_rows, halves, seed, epoch: (train_chunk(step, batches, batch_rows), evaluate(halves, seed, epoch)),
+            jit_compile=jit,
+        )
+        self.evaluate = tf.function(evaluate)  # replicas' variables: not in an XLA call
 
     def reset(self, initial_weights):
         """Back to the start of a run: the given weights, a fresh optimizer."""
@@ -895,10 +902,31 @@ def prepare(args, strategy, data):
     with writer.as_default():
         tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
     truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
+    halves = stacked_halves(data.held_out_rows)
+
+    @tf.function
+    def write_summaries(epoch, figures):
+        """An epoch's TensorBoard scalars in one call (a dozen eager ones
+        cost about 6 ms an epoch): figures are the critics' means of the
+        training bound, held-out bound, joint and marginal parts, the rows
+        per second, then each critic's held-out bound."""
+        with writer.as_default(step=epoch):
+            tf.summary.scalar("estimate/training_rows", figures[0])
+            if halves is not None:
+                tf.summary.scalar("estimate/held_out", figures[1])
+            if critics > 1:
+                for k in range(critics):
+                    tf.summary.scalar(f"folds/held_out_{k + 1}", figures[5 + k])
+            tf.summary.scalar("parts/joint", figures[2])
+            tf.summary.scalar("parts/marginal", figures[3])
+            tf.summary.scalar("speed/rows_per_second", figures[4])
+            tf.summary.scalar("learning_rate", compiled.optimizer.learning_rate)
+
     run = Run(
         critics=critics, output_dirs=output_dirs, compiled=compiled, replicated=replicated, truth=truth,
+        write_summaries=write_summaries,
         distributed_epoch=make_distributed_train_epoch(strategy, compiled.step) if replicated else None,
-        strategy=strategy, halves=stacked_halves(data.held_out_rows), first_epoch=first_epoch,
+        strategy=strategy, halves=halves, first_epoch=first_epoch,
         history=list(history_so_far.numpy().reshape(-1, critics, 6)), completed_epochs=completed_epochs,
         history_so_far=history_so_far, manager=manager, writer=writer,
         flops_per_row=training_flops_per_row(args.data_dim + args.latent_dim, args.hid_width, args.out_width),
@@ -928,20 +956,26 @@ def print_start_line(args, run, data):
 
 def train_one_epoch(args, run, data, chunks, epoch):
     """One epoch's training calls (one in memory, one per window when
-    streamed) and its held-out evaluation: returns the row-weighted means
+    streamed), the last of which also evaluates the held-out rows: returns the row-weighted means
     [critics, 3] over the epoch's chunks, the rows trained (all critics)
     and the held-out bounds [critics, 2] (NaN without held-out rows)."""
     compiled, seed, epoch = run.compiled, tf.constant(args.seed, tf.int64), tf.constant(epoch, tf.int64)
-    totals, rows_trained = np.zeros((run.critics, 3)), 0
-    for batches, batch_rows in chunks:
-        rows = int(tf.reduce_sum(batch_rows))
+    totals, rows_trained, held_out = np.zeros((run.critics, 3)), 0, None
+    chunks = iter(chunks)
+    upcoming = next(chunks)
+    while upcoming is not None:
+        (batches, batch_rows), upcoming = upcoming, next(chunks, None)
         if run.replicated:
             means = run.distributed_epoch(split_for_replicas(run.strategy, batches), batch_rows, batches.shape[2])
+        elif upcoming is None and run.halves is not None:  # the epoch's last chunk: evaluate in the same call
+            means, held_out = compiled.train_and_evaluate(batches, batch_rows, run.halves, seed, epoch)
         else:
             means = compiled.train(batches, batch_rows)
+        rows = int(np.sum(batch_rows))
         totals += rows * means.numpy()
         rows_trained += rows
-    held_out = compiled.evaluate(run.halves, seed, epoch) if run.halves is not None else np.full((run.critics, 2), np.nan)
+    if held_out is None:
+        held_out = compiled.evaluate(run.halves, seed, epoch) if run.halves is not None else np.full((run.critics, 2), np.nan)
     return totals / rows_trained, rows_trained * run.critics, np.asarray(held_out, dtype=np.float64)
 
 
@@ -976,17 +1010,8 @@ def epoch_loop(args, run, data, stop):
         bound, joint_part, marginal_part, held_out_bound = history[-1][:, :4].mean(axis=0)
         rows_per_second = rows_per_epoch[-1] / training_seconds[-1]
 
-        with run.writer.as_default(step=epoch):
-            tf.summary.scalar("estimate/training_rows", bound)
-            if run.halves is not None:
-                tf.summary.scalar("estimate/held_out", held_out_bound)
-            if run.critics > 1:
-                for k in range(run.critics):
-                    tf.summary.scalar(f"folds/held_out_{k + 1}", history[-1][k, 3])
-            tf.summary.scalar("parts/joint", joint_part)
-            tf.summary.scalar("parts/marginal", marginal_part)
-            tf.summary.scalar("speed/rows_per_second", rows_per_second)
-            tf.summary.scalar("learning_rate", float(run.compiled.optimizer.learning_rate))
+        run.write_summaries(tf.constant(epoch, tf.int64), tf.constant(
+            [bound, held_out_bound, joint_part, marginal_part, rows_per_second, *history[-1][:, 3]], tf.float32))
         if progress:
             progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
         elif not args.quiet:

@@ -249,7 +249,8 @@ class MineModel(tf.keras.Model):
         config.update(critics=1, name=f"critic_{k + 1}")
         single = MineModel(**config)
         single(tf.zeros([1, 1, 2 * self.sample_width]))  # built, as saving expects
-        single.set_weights([weight.numpy()[k : k + 1] for weight in self.weights])
+        single.statistics_network.set_weights(self.statistics_network.critic_weights(k))
+        single.log_moving_average.assign(self.log_moving_average[k : k + 1])
         return single
 
     def cross_replica_cost(self, joint_scores, marginal_scores, real_rows, replica_context, training):
