@@ -6,9 +6,13 @@ repository root:
     python tests/bench_accuracy.py                  # the full grid, 3 seeds
     python tests/bench_accuracy.py --tasks gauss-1.0 half_cube-1.0 -- --lr 0.0005
 
-Every task is a 10,000-row file made by mi_data_processing.make_known_mi_rows
-(true MI known in closed form); mi_main runs on it with its defaults (or the
-flags after --) and the table gives the mean and spread over seeds.
+The Gaussian-copula tasks are files made by
+mi_data_processing.make_known_mi_rows; the others (additive noise, heavy
+tails, mixtures, several dimensions, an embedding, a discrete z) come from
+tests/known_mi.py, each with its true MI in closed form or by a Monte Carlo
+over 10^6 draws. mi_main runs on each 10,000-row file with its defaults
+(or the flags after --), --data_dim and --latent_dim set to the task's;
+the table gives the mean and spread over seeds, then a line per family.
 """
 
 import argparse
@@ -24,9 +28,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mi_main  # noqa: E402
+from known_mi import TASK_MAKERS  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar_path  # noqa: E402
 
-# name: (true MI, generator keyword arguments)
+# name: (true MI, generator keyword arguments): the Gaussian-copula family
 TASKS = {
     "gauss-0.0": (0.0, {}),
     "gauss-0.2": (0.2, {}),
@@ -38,6 +43,24 @@ TASKS = {
     "asinh-1.0": (1.0, {"x_distortion": "asinh", "z_distortion": "asinh"}),
     "correlated-1.0": (1.0, {"correlation": 0.5}),
 }
+
+
+def task_file(name, n_rows, seed, scratch):
+    """Writes the task's rows and description; returns (path, truth, family, dimension flags)."""
+    path = os.path.join(scratch, f"{name}-{seed}.dat")
+    if name in TASKS:
+        truth, generator_options = TASKS[name]
+        rows, description = make_known_mi_rows(n_rows, truth, seed=1000 + seed, **generator_options)
+        family, dimensions = "gaussian copula", []
+    else:
+        family, make = TASK_MAKERS[name]
+        truth, sample = make()
+        rows, data_dim, latent_dim = sample(np.random.default_rng(1000 + seed), n_rows)
+        description = {"true_mi_nats": truth}
+        dimensions = ["--data_dim", str(data_dim), "--latent_dim", str(latent_dim)]
+    save_rows(path, rows)
+    save_json(sidecar_path(path), description)
+    return path, truth, family, dimensions
 
 
 def estimate(path, seed, flags, output_dir):
@@ -54,27 +77,24 @@ def mean_or_dash(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS) + sorted(TASK_MAKERS),
+                        default=list(TASKS) + [name for name in TASK_MAKERS if name not in TASKS])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("flags", nargs="*", help="mi_main flags, after --")
     args = parser.parse_args()
 
     print(f"rows {args.rows}, seeds {args.seeds}, mi_main flags: {' '.join(args.flags) or '(defaults)'}")
-    header = ("| task | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
+    header = ("| task | family | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
               "95 % interval covers truth | mean interval width | s per estimate |")
-    print(header + "\n|" + " --- |" * 9, flush=True)
-    errors, coverage, interval_widths = {}, {}, {}
+    print(header + "\n|" + " --- |" * 10, flush=True)
+    errors, coverage, interval_widths, families = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.tasks:
-            truth, generator_options = TASKS[name]
             estimates, last_epoch, seconds, covered, widths = [], [], [], [], []
             for seed in range(args.seeds):
-                rows, description = make_known_mi_rows(args.rows, truth, seed=1000 + seed, **generator_options)
-                path = os.path.join(scratch, f"{name}-{seed}.dat")
-                save_rows(path, rows)
-                save_json(sidecar_path(path), description)
-                summary, train_seconds = estimate(path, seed, args.flags, os.path.join(scratch, "out"))
+                path, truth, family, dimensions = task_file(name, args.rows, seed, scratch)
+                summary, train_seconds = estimate(path, seed, [*dimensions, *args.flags], os.path.join(scratch, "out"))
                 estimates.append(summary["mi_estimate"])
                 if "mi_ci95" in summary:  # cross-fitted: the held-out figures are the folds'
                     low, high = summary["mi_ci95"]
@@ -85,16 +105,25 @@ def main():
                 seconds.append(train_seconds)
             estimates = np.array(estimates)
             errors[name] = (truth, estimates - truth)
+            families.setdefault(family, []).append(name)
             coverage[name] = (truth, covered)
             if widths:
                 interval_widths[name] = (truth, np.mean(widths))
             print(
-                f"| {name} | {truth:.1f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
+                f"| {name} | {family} | {truth:.3f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
                 f"{estimates.mean() - truth:+.3f} | {np.abs(estimates - truth).max():.3f} | "
                 f"{mean_or_dash(last_epoch)} | {f'{sum(covered)} of {len(covered)}' if covered else '-'} | {mean_or_dash(widths)} | "
                 f"{np.mean(seconds):.1f} |",
                 flush=True,
             )
+    print("\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width |")
+    print("|" + " --- |" * 5)
+    for family, names in families.items():
+        family_errors = np.concatenate([errors[name][1] for name in names])
+        hits = [hit for name in names for hit in coverage[name][1]]
+        family_widths = [interval_widths[name][1] for name in names if name in interval_widths]
+        print(f"| {family} | {len(names)} | {np.abs(family_errors).mean():.3f} | "
+              f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} |")
     small = np.concatenate([error for truth, error in errors.values() if truth <= 2])
     if small.size:
         print(f"tasks with MI <= 2: mean absolute error {np.abs(small).mean():.3f}, worst {np.abs(small).max():.3f}")
