@@ -66,14 +66,23 @@ class StatisticsNetwork(tf.keras.layers.Layer):
     once per critic: [critics, rows, inputs] -> [critics, rows, out_width]."""
 
     def __init__(self, hid_width=128, out_width=1, activation="tanh", critics=1, seed=None, **kwargs):
+        """activation: one for every critic, or a list of one per critic
+        (candidate critics of several kinds side by side)."""
         super().__init__(**kwargs)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        per_critic = [activation] * critics if isinstance(activation, str) else list(activation)
+        if len(per_critic) != critics or any(name not in ACTIVATIONS for name in per_critic):
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, or a list of one per critic; got {activation!r}")
         self.hid_width = hid_width
         self.out_width = out_width
         self.activation = activation
         self.critics = critics
         self.seed = seed
+        # one activation for all: the layers apply it; several: self.activate picks each critic's
+        shared = per_critic[0] if len(set(per_critic)) == 1 else None
+        self.activation_masks = None if shared else {
+            name: tf.constant([[[float(each == name)]] for each in per_critic]) for name in sorted(set(per_critic))
+        }
+        activation = shared
 
         def dense(units, layer, activation=None):
             initializer = PerCriticGlorotUniform(None if seed is None else [seed, layer])
@@ -100,8 +109,14 @@ class StatisticsNetwork(tf.keras.layers.Layer):
         # EinsumDense's bias is [critics, 1, outputs]; Dense's [outputs]
         return [weight.numpy()[k].reshape(-1) if weight.name == "bias" else weight.numpy()[k] for weight in self.weights]
 
+    def activate(self, values):
+        """Each critic's own activation, [critics, rows, units], when they differ."""
+        if self.activation_masks is None:
+            return values
+        return tf.add_n([mask * tf.keras.activations.get(name)(values) for name, mask in self.activation_masks.items()])
+
     def call(self, samples):
-        return self.scores(self.hidden_2(self.hidden_1(samples)))
+        return self.scores(self.activate(self.hidden_2(self.activate(self.hidden_1(samples)))))
 
     def get_config(self):
         return {**super().get_config(), "hid_width": self.hid_width, "out_width": self.out_width,

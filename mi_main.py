@@ -124,6 +124,9 @@ from mi_model import ESTIMATORS, MineModel, cross_fitted_interval, cross_selecte
 HID_WIDTH = 128  # units in each of T's two hidden layers
 OUT_WIDTH = 1  # outputs of T (1: one score per sample)
 ACTIVATION = "tanh"  # of T's hidden layers: "tanh", "relu" (the reference's), "gelu" or "softplus"
+# Candidate critics trained side by side on every fold, as input map:activation; on each fold the
+# (candidate, epoch) with the highest bound on one held-out half is read on the other half.
+CANDIDATES = "rank:tanh,standardize:relu"
 DATA_DIM = 10  # columns of x
 LATENT_DIM = 1  # columns of z
 ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
@@ -213,7 +216,8 @@ def parse_args(argv=None):
     model = parser.add_argument_group("model")
     model.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
     model.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=ACTIVATION, help="of T's hidden layers (relu: the reference's)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default=argparse.SUPPRESS, help=f"of T's hidden layers (relu: the reference's); with --transform, one fixed critic instead of --candidates (default: {ACTIVATION})")
+    model.add_argument("--candidates", type=candidate_list, default=argparse.SUPPRESS, help=f"critics trained side by side on every fold, each TRANSFORM:ACTIVATION; the one with the highest held-out bound is chosen per fold; one candidate: a fixed critic (default: {CANDIDATES}, or {TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)")
     model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
     model.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
     model.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
@@ -223,7 +227,7 @@ def parse_args(argv=None):
     data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
     data.add_argument("--folds", type=positive(int), default=argparse.SUPPRESS, help=f"cross-fit over this many folds: the estimate is their mean, with a standard error and a 95%% interval; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)")
     data.add_argument("--val_fraction", type=fraction, default=argparse.SUPPRESS, help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})")
-    data.add_argument("--transform", choices=TRANSFORMS, default=TRANSFORM, help="per-column map fitted on the training rows")
+    data.add_argument("--transform", choices=TRANSFORMS, default=argparse.SUPPRESS, help=f"per-column map fitted on the training rows; with --activation, one fixed critic instead of --candidates (default: {TRANSFORM})")
     data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
     data.add_argument("--cache_dir", default=CACHE_DIR, help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)")
     data.add_argument("--shuffle_buffer", type=positive(int), default=SHUFFLE_BUFFER, help="rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows")
@@ -259,7 +263,48 @@ def parse_args(argv=None):
         args.folds = 1 if "val_fraction" in args or args.cache_dir or args.strategy != "default" else FOLDS
     if "val_fraction" not in args:
         args.val_fraction = VAL_FRACTION
+    # --transform or --activation name one fixed critic; kept in args as --candidates alone
+    fixed = "transform" in args or "activation" in args
+    if fixed and "candidates" in args:
+        parser.error("argument --candidates: not together with --transform or --activation (they name one candidate)")
+    if fixed:
+        args.candidates = f"{getattr(args, 'transform', TRANSFORM)}:{getattr(args, 'activation', ACTIVATION)}"
+    elif "candidates" not in args:
+        # one critic where the critics cannot share a device, or no held-out rows could choose one
+        alone = args.cache_dir or args.strategy != "default" or (args.folds == 1 and args.val_fraction == 0)
+        args.candidates = f"{TRANSFORM}:{ACTIVATION}" if alone else CANDIDATES
+    if args.folds == 1 and args.val_fraction == 0 and "," in args.candidates:
+        parser.error("argument --candidates: choosing among candidates needs held-out rows (--val_fraction above 0, or --folds)")
+    args.transform = args.activation = None
     return args
+
+
+def candidate_list(text):
+    """'rank:tanh,standardize:relu' -> the same text, checked; parse with candidates()."""
+    for candidate in text.split(","):
+        transform, _, activation = candidate.partition(":")
+        if transform not in TRANSFORMS or activation not in ACTIVATIONS:
+            raise argparse.ArgumentTypeError(
+                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION in {', '.join(ACTIVATIONS)}")
+    if len(set(text.split(","))) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"'{text}' names a candidate twice")
+    return text
+
+
+def candidates(args):
+    """[(transform, activation), ...] of --candidates."""
+    return [tuple(candidate.split(":")) for candidate in args.candidates.split(",")]
+
+
+def critic_folders(args, folds):
+    """Each critic's folder under --output_dir, fold-major (critic
+    f * candidates + c): fold-F/, TRANSFORM-ACTIVATION/, or both nested."""
+    folders = []
+    for fold in range(folds):
+        for transform, activation in candidates(args):
+            parts = ([f"fold-{fold + 1}"] if folds > 1 else []) + ([f"{transform}-{activation}"] if len(candidates(args)) > 1 else [])
+            folders.append(os.path.join(*parts))
+    return folders
 
 
 def flags_file_text(args):
@@ -353,8 +398,8 @@ class TrainingData:
 
 
 def in_memory_data(args, resample_latent_dim):
-    """The rows in memory: one critic (training and held-out rows by
-    --val_fraction), or one per fold with --folds."""
+    """The rows in memory: per fold (one split by --val_fraction, or
+    --folds), one critic per candidate (--candidates)."""
     rows = read_input(args)
     if args.folds == 1:
         splits = [split_input(args, rows)]
@@ -365,11 +410,12 @@ def in_memory_data(args, resample_latent_dim):
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
-        parameters = fit_transform_parameters(args.transform, training_rows, sample_width)
-        transform = make_transform(args.transform, parameters, sample_width)
-        training_sets.append(transform(training_rows))
-        held_out_sets.append(transform(held_out_rows))
-        parameters_per_critic.append(parameters)
+        for kind, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
+            parameters = fit_transform_parameters(kind, training_rows, sample_width)
+            transform = make_transform(kind, parameters, sample_width)
+            training_sets.append(transform(training_rows))
+            held_out_sets.append(transform(held_out_rows))
+            parameters_per_critic.append(parameters)
 
     def epochs(first_epoch):
         for element in epoch_batches(training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
@@ -409,8 +455,9 @@ def streamed_data(args, resample_latent_dim):
     for start in range(0, training_rows, SHARD_ROWS):
         shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
         sample.append(shard[rng.random(len(shard)) < keep])
-    parameters = fit_transform_parameters(args.transform, full_width(np.concatenate(sample)), width)
-    transform = make_transform(args.transform, parameters, width)
+    (kind, _), = candidates(args)  # main refuses several with --cache_dir
+    parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
+    transform = make_transform(kind, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
 
     def epochs(first_epoch):
@@ -540,16 +587,19 @@ COMPILED_CRITICS = {}
 
 
 def make_model(args, critics, seed=None):
-    """The run's model; with a seed, its initial weights are those of the seed."""
+    """The run's model, critic f * candidates + c being fold f's candidate
+    c; with a seed, its initial weights are those of the seed."""
+    activations = [activation for _, activation in candidates(args)] * (critics // len(candidates(args)))
+    activation = activations[0] if len(set(activations)) == 1 else activations
     return MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate,
-                     args.activation, critics, seed)
+                     activation, critics, seed)
 
 
 def compiled_critics(args, critics, total_steps, strategy):
     """The CompiledCritics for this run's configuration, with its weights
     set to this seed's initial ones, made or taken from COMPILED_CRITICS."""
     passes = args.eval_permutations if resampled_latent_dim(args) else 1
-    key = (args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.activation, args.estimator, args.ema_rate,
+    key = (args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.candidates, args.estimator, args.ema_rate,
            critics, args.optimizer, args.lr, args.lr_schedule, total_steps, args.jit, passes, resampled_latent_dim(args))
     compiled = COMPILED_CRITICS.get(key)
     replicated = strategy.num_replicas_in_sync > 1
@@ -702,8 +752,8 @@ class StopRequest:
 
 # What --resume must find unchanged: any of these changes the split, the
 # network or the steps, and the continued run would not be the same run.
-RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "activation", "estimator", "seed",
-                     "val_fraction", "folds", "transform", "marginal", "batch_size", "optimizer")
+RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "candidates", "estimator", "seed",
+                     "val_fraction", "folds", "marginal", "batch_size", "optimizer")
 
 
 def run_identity(args):
@@ -871,7 +921,8 @@ def prepare(args, strategy, data):
     """Everything before the first epoch: directories, the compiled critics,
     the checkpoint (restored with --resume), TensorBoard and the start line."""
     critics = data.critics
-    output_dirs = [args.output_dir] if critics == 1 else [os.path.join(args.output_dir, f"fold-{k + 1}") for k in range(critics)]
+    output_dirs = [args.output_dir] if critics == 1 else [
+        os.path.join(args.output_dir, folder) for folder in critic_folders(args, critics // len(candidates(args)))]
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
     identity = run_identity(args)
     if args.resume:
@@ -942,9 +993,12 @@ def print_start_line(args, run, data):
     def span(counts):
         return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
 
-    rows_text = (f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out" if run.critics == 1 else
-                 f"{run.critics} critics side by side, each trained on {span(data.training_counts)} rows and read on "
+    folds = run.critics // len(candidates(args))
+    rows_text = (f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out" if folds == 1 else
+                 f"{folds} cross-fitted folds, each critic trained on {span(data.training_counts)} rows and read on "
                  f"the other {span(held_out_counts)}")
+    if len(candidates(args)) > 1:
+        rows_text += f"; candidates {args.candidates.replace(',', ', ')} on each ({run.critics} critics side by side)"
     print(
         f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
         f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
@@ -1046,22 +1100,30 @@ def write_outputs(args, run, data, outcome, stop):
     of a diverged or stopped run)."""
     history, critics, truth = outcome.history, run.critics, run.truth
     has_held_out = run.halves is not None
-    estimates, best_epochs = [], []
-    for k in range(critics):
+    names = [f"{transform}:{activation}" for transform, activation in candidates(args)]
+    per_fold = len(names)
+    folds = critics // per_fold
+    estimates, winners, best_epochs = [], [], []
+    for fold in range(folds):  # its critics are fold * per_fold ... (fold + 1) * per_fold - 1
+        block = slice(fold * per_fold, (fold + 1) * per_fold)
         if not len(history):
             estimates.append(None)
         elif has_held_out:
-            estimate, best_a, best_b = cross_selected_estimate(history[:, k, 4], history[:, k, 5])
+            estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, block, 4], history[:, block, 5])
             estimates.append(estimate)
-            best_epochs.append((best_a, best_b))
-        else:
-            estimates.append(float(history[-1, k, 0]))
+            winners.append([names[chosen_a], names[chosen_b]])
+            best_epochs.append([epoch_a, epoch_b])
+        else:  # parse_args allows no choice without held-out rows: one candidate
+            estimates.append(float(history[-1, fold * per_fold, 0]))
     if not len(history):
         estimate_from = "no completed epoch"
-    elif critics > 1:
-        estimate_from = f"mean of {critics} cross-fitted folds' held-out bounds, each at the best epochs of the other half"
+    elif folds > 1:
+        estimate_from = (f"mean of {folds} cross-fitted folds' held-out bounds, each at the "
+                         + ("candidate and epoch" if per_fold > 1 else "epoch") + " chosen on the other half")
     elif has_held_out:
-        estimate_from = "held-out bound at the best epochs of the other half ({}, {})".format(*best_epochs[0])
+        estimate_from = ("held-out bound at the best " + ("candidates and epochs" if per_fold > 1 else "epochs")
+                         + " of the other half ({}, {})".format(*[f"{names[c]} epoch {e}" if per_fold > 1 else e
+                                                                   for e, c in zip(best_epochs[0], [names.index(w) for w in winners[0]])]))
     else:
         estimate_from = "training rows' bound, last epoch"
     try:
@@ -1070,7 +1132,11 @@ def write_outputs(args, run, data, outcome, stop):
                 save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, truth)
             if outcome.status != "diverged":
                 critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
-                save_critic(output_dir, critic, args.transform, data.transform_parameters[k])
+                save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
+        if folds > 1 and per_fold > 1:  # each fold's own mean over its candidates
+            for fold in range(folds):
+                save_curves(os.path.join(args.output_dir, f"fold-{fold + 1}"), history[:, fold * per_fold : (fold + 1) * per_fold],
+                            has_held_out, args.plot, truth)
         # the reference's files at the top whatever the folds: the critics' mean per epoch
         save_curves(args.output_dir, history, has_held_out, args.plot, truth)
     except OSError as error:
@@ -1084,27 +1150,30 @@ def write_outputs(args, run, data, outcome, stop):
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "status": outcome.status,
-        "folds": critics,
+        "folds": folds,
+        "critics": critics,
         "epochs_completed": run.first_epoch + trained_epochs,
         "diverged_in_epoch": outcome.diverged_in,
         "mi_estimate": estimates[0],
         "mi_estimate_from": estimate_from,
     }
-    if critics > 1:
+    if folds > 1:
         interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None))
         summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), fold_estimates=estimates)
+    if per_fold > 1:
+        summary.update(fold_winners=winners, fold_best_epochs=best_epochs)
     held_out_counts = [len(rows) for rows in data.held_out_rows]
     summary.update({
         "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
         "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
         "true_mi_nats": truth,
         "estimator": args.estimator,
-        "activation": args.activation,
+        "candidates": names,
         "n_epoch": args.n_epoch,
         "resumed_after_epoch": run.first_epoch if args.resume else None,
         "rows": data.total_rows,
-        "training_rows": data.training_counts[0] if critics == 1 else data.training_counts,
-        "held_out_rows": held_out_counts[0] if critics == 1 else held_out_counts,
+        "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
+        "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
         "batch_size": args.batch_size,
         "seed": args.seed,
         "train_seconds": round(outcome.train_seconds, 3),
@@ -1129,14 +1198,20 @@ def write_outputs(args, run, data, outcome, stop):
               f"{args.output_dir}/ (continue with --resume)", file=sys.stderr)
         raise SystemExit(128 + stop.signal)
     mi_estimate = summary["mi_estimate"]
-    if critics > 1:
+    if folds > 1:
         low, high = summary["mi_ci95"]
-        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} nats (95 % interval {low:.4f} to {high:.4f}, {critics} folds)"
+        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} nats (95 % interval {low:.4f} to {high:.4f}, {folds} folds)"
     else:
         estimate_text = f"{mi_estimate:.4f} nats"
+    chosen = ""
+    if per_fold > 1 and winners:
+        chosen = "; chosen on halves A/B: " + ", ".join(
+            (f"fold {fold + 1} " if folds > 1 else "") + ("/".join(pair) if pair[0] != pair[1] else pair[0])
+            for fold, pair in enumerate(winners))
     print(
         f"estimated I(X; Z) = {estimate_text}" + (f" (true {truth})" if truth is not None else "")
-        + (f" from the {estimate_from}" if critics == 1 else "") + f", in {outcome.train_seconds:.1f} s; results in {args.output_dir}/"
+        + (f" from the {estimate_from}" if folds == 1 else "") + chosen
+        + f", in {outcome.train_seconds:.1f} s; results in {args.output_dir}/"
     )
     return summary
 

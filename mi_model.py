@@ -140,15 +140,24 @@ def split_halves(rows, sample_width):
 
 
 def cross_selected_estimate(bounds_a, bounds_b):
-    """The held-out estimate from per-epoch bounds on two disjoint halves
-    A and B of the held-out rows: (B at A's best epoch + A at B's best
-    epoch) / 2. Choosing the epoch on one half and reading the other stops
-    training where the critic generalizes best without the upward bias of
-    reporting the very maximum a selection was made on.
-    Returns (estimate, best epoch of A, best epoch of B), epochs 1-based.
+    """The held-out estimate from the bounds on two disjoint halves A and B
+    of the held-out rows, per epoch ([epochs]) or per epoch and candidate
+    critic ([epochs, candidates]): (B at A's best + A at B's best) / 2.
+    Choosing the epoch (and candidate) on one half and reading the other
+    stops training where the critic generalizes best and keeps the critic
+    that does, without the upward bias of reporting the very maximum a
+    selection was made on. Every bound is a lower bound on the MI, so the
+    best critic is the tightest.
+    Returns (estimate, (epoch, candidate) best on A, (epoch, candidate)
+    best on B), epochs 1-based, candidates 0-based.
     """
-    best_a, best_b = int(np.argmax(bounds_a)), int(np.argmax(bounds_b))
-    return 0.5 * (float(bounds_b[best_a]) + float(bounds_a[best_b])), best_a + 1, best_b + 1
+    bounds_a, bounds_b = np.asarray(bounds_a, np.float64), np.asarray(bounds_b, np.float64)
+    if bounds_a.ndim == 1:
+        bounds_a, bounds_b = bounds_a[:, None], bounds_b[:, None]
+    best_a = np.unravel_index(int(np.argmax(bounds_a)), bounds_a.shape)
+    best_b = np.unravel_index(int(np.argmax(bounds_b)), bounds_b.shape)
+    estimate = 0.5 * (float(bounds_b[best_a]) + float(bounds_a[best_b]))
+    return estimate, (int(best_a[0]) + 1, int(best_a[1])), (int(best_b[0]) + 1, int(best_b[1]))
 
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom.
@@ -246,7 +255,8 @@ class MineModel(tf.keras.Model):
     def critic(self, k):
         """Critic k alone, as a one-critic model with a copy of its weights."""
         config = self.get_config()
-        config.update(critics=1, name=f"critic_{k + 1}")
+        activation = config["activation"] if isinstance(config["activation"], str) else config["activation"][k]
+        config.update(critics=1, name=f"critic_{k + 1}", activation=activation)
         single = MineModel(**config)
         single(tf.zeros([1, 1, 2 * self.sample_width]))  # built, as saving expects
         single.statistics_network.set_weights(self.statistics_network.critic_weights(k))

@@ -15,7 +15,7 @@ from mi_data_processing import make_transform
 from mi_model import MineModel
 
 # One split (--folds 1): these tests read the files of a single critic in OUTPUT_DIR.
-SMALL_RUN = ["--folds", "1", "--batch_size", "128", "--hid_width", "32"]
+SMALL_RUN = ["--folds", "1", "--candidates", "rank:tanh", "--batch_size", "128", "--hid_width", "32"]
 
 
 

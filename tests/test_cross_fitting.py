@@ -45,9 +45,11 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
     assert low <= summary["mi_estimate"] <= high and summary["mi_stderr"] > 0
     assert summary["mi_estimate"] == pytest.approx(np.mean(summary["fold_estimates"]))
     assert summary["held_out_rows"] == [500, 500, 500] and summary["training_rows"] == [1000, 1000, 1000]
+    assert summary["critics"] == 3 * len(summary["candidates"])
     for fold in (1, 2, 3):
         assert len(np.loadtxt(tmp_path / f"fold-{fold}" / mi_main.HELD_OUT_FILE)) == 10
-        assert (tmp_path / f"fold-{fold}" / mi_main.CRITIC_FILE).exists()
+        for transform, activation in mi_main.candidates(mi_main.parse_args([])):
+            assert (tmp_path / f"fold-{fold}" / f"{transform}-{activation}" / mi_main.CRITIC_FILE).exists()
 
 
 def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):

@@ -76,7 +76,7 @@ def free_ports(count):
 
 def test_two_workers_on_loopback_give_the_single_process_estimate(known_mi_file, tmp_path):
     path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=8)
-    flags = ["--input", path, "--folds", "1", "--n_epoch", "3", "--batch_size", "128", "--hid_width", "32", "--no-jit"]
+    flags = ["--input", path, "--folds", "1", "--candidates", "rank:tanh", "--n_epoch", "3", "--batch_size", "128", "--hid_width", "32", "--no-jit"]
     single = mi_main.main([*flags, "--output_dir", str(tmp_path / "single")])
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}

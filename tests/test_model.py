@@ -142,5 +142,13 @@ def test_cross_selected_estimate_reads_each_half_at_the_others_best_epoch():
     bounds_a = np.array([0.1, 0.9, 0.5, 0.4])
     bounds_b = np.array([0.2, 0.6, 0.3, 0.8])
     estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
-    assert (best_a, best_b) == (2, 4)
+    assert (best_a, best_b) == ((2, 0), (4, 0))
     assert estimate == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_cross_selection_over_candidates_picks_epoch_and_critic_on_the_other_half():
+    bounds_a = np.array([[0.1, 0.3], [0.9, 0.2], [0.5, 0.95]])  # [epochs, candidates]
+    bounds_b = np.array([[0.2, 0.7], [0.6, 0.1], [0.3, 0.5]])
+    estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
+    assert (best_a, best_b) == ((3, 1), (1, 1))
+    assert estimate == pytest.approx((0.5 + 0.3) / 2)

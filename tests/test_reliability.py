@@ -18,7 +18,7 @@ from conftest import REPO, run_main
 from mi_data_processing import InputError, load_rows
 
 # One split (--folds 1): these tests read the files of a single critic in OUTPUT_DIR.
-SMALL_RUN = ["--folds", "1", "--batch_size", "128", "--hid_width", "32"]
+SMALL_RUN = ["--folds", "1", "--candidates", "rank:tanh", "--batch_size", "128", "--hid_width", "32"]
 
 
 
@@ -31,7 +31,7 @@ def small_file(known_mi_file):
 def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path, capsys):
     # relu: with tanh's bounded hidden units even this rate keeps every value finite
     status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "4", "--optimizer", "sgd",
-                            "--lr", "1e9", "--activation", "relu", "--checkpoint_seconds", "0", *SMALL_RUN], capsys)
+                            "--lr", "1e9", "--checkpoint_seconds", "0", *SMALL_RUN, "--candidates", "rank:relu"], capsys)
     assert status == 3
     assert err.strip().count("\n") == 0 and "smaller --lr" in err
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
