@@ -14,6 +14,7 @@ marginal pairs are then always made by pairing x with another row's z.
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -73,6 +74,128 @@ def load_rows(path, columns):
         line_number = line_numbers[int(np.argmin(finite))]
         raise InputError(f"{path}, line {line_number}: NaN or infinity (or a number beyond float32 range)")
     return rows
+
+
+TEXT_SUFFIXES = (".dat", ".txt")  # whitespace-separated rows, as the reference's
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a header row, then one row per sample
+
+
+def checked_array(values, where, row_offset=0):
+    """values as a 2-D float32 array, or InputError naming `where` and the
+    first row (counted from row_offset + 1) holding NaN, infinity or a
+    number beyond float32's range."""
+    try:
+        with np.errstate(over="ignore"):
+            rows = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: not an array of numbers") from None
+    if rows.ndim == 1:
+        rows = rows[:, None]
+    if rows.ndim != 2 or not rows.size:
+        raise InputError(f"{where}: expected a 2-D array of rows, got shape {tuple(rows.shape)}")
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        raise InputError(f"{where}, row {row_offset + int(np.argmin(finite)) + 1}: NaN or infinity (or a number beyond float32 range)")
+    return rows
+
+
+def load_npy(path, columns):
+    """One array from a .npy file, [rows, width] with width in `columns`."""
+    try:
+        values = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a NumPy .npy file of numbers ({error})") from None
+    rows = checked_array(values, path)
+    if rows.shape[1] not in columns:
+        raise InputError(f"{path}: {rows.shape[1]} columns, expected {' or '.join(map(str, columns))}")
+    return rows
+
+
+def load_npz(path):
+    """(x, z) from the arrays named x and z of a .npz file."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [name for name in ("x", "z") if name not in arrays.files]
+            if missing:
+                raise InputError(f"{path}: no array named '{missing[0]}' (it holds: {', '.join(arrays.files) or 'nothing'})")
+            x, z = checked_array(arrays["x"], f"{path}, array x"), checked_array(arrays["z"], f"{path}, array z")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{path}: not a NumPy .npz file of numbers ({error})") from None
+    if len(x) != len(z):
+        raise InputError(f"{path}: x has {len(x)} rows and z {len(z)}; they must be the same samples")
+    return x, z
+
+
+def parse_columns(spec, header, path, flag):
+    """Column indices of `spec`: comma-separated header names, 0-based
+    indices or ranges of them ('0-9')."""
+    indices = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part in header:
+            indices.append(header.index(part))
+            continue
+        first, dash, last = part.partition("-")
+        if first.isdigit() and (not dash or last.isdigit()):
+            span = range(int(first), int(last if dash else first) + 1)
+            if span and span[-1] < len(header):
+                indices.extend(span)
+                continue
+        raise InputError(f"{path}: {flag} names no column '{part}' (columns: {', '.join(header)}; or 0-based indices and ranges such as 0-{len(header) - 1})")
+    return indices
+
+
+def load_table(path, x_columns, z_columns, data_dim, latent_dim):
+    """(x, z) from a .csv or .tsv file with a header row: the columns of
+    x_columns and z_columns, or, when both are None, the table's first
+    data_dim columns as x and the next latent_dim as z (it must have
+    exactly that many). Raises InputError naming the line and column of
+    a cell that is missing or not a number."""
+    delimiter = TABLE_DELIMITERS[os.path.splitext(path)[1].lower()]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            lines = list(csv.reader(stream, delimiter=delimiter))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: cannot read it as a table: {error}") from None
+    if not lines or not any(cell.strip() for cell in lines[0]):
+        raise InputError(f"{path}: no header row")
+    header = [name.strip() for name in lines[0]]
+    if x_columns is None and z_columns is None:
+        if len(header) != data_dim + latent_dim:
+            raise InputError(f"{path}: {len(header)} columns; name the columns of x and z with --x_columns and --z_columns "
+                             f"(or give a table of exactly --data_dim + --latent_dim = {data_dim + latent_dim} columns)")
+        chosen_x, chosen_z = list(range(data_dim)), list(range(data_dim, len(header)))
+    elif x_columns is None or z_columns is None:
+        raise InputError(f"{path}: give both --x_columns and --z_columns")
+    else:
+        chosen_x = parse_columns(x_columns, header, path, "--x_columns")
+        chosen_z = parse_columns(z_columns, header, path, "--z_columns")
+    values = []
+    for line_number, cells in enumerate(lines[1:], start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        row = []
+        for column in chosen_x + chosen_z:
+            cell = cells[column].strip() if column < len(cells) else ""
+            if not cell:
+                raise InputError(f"{path}, line {line_number}, column '{header[column]}': missing value")
+            try:
+                row.append(float(cell))
+            except ValueError:
+                raise InputError(f"{path}, line {line_number}, column '{header[column]}': '{cell}' is not a number") from None
+        values.append(row)
+    if not values:
+        raise InputError(f"{path}: no data rows")
+    rows = checked_array(values, path, row_offset=1)  # row 1 is the header
+    return rows[:, : len(chosen_x)], rows[:, len(chosen_x) :]
 
 
 def _is_number(token):

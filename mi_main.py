@@ -16,6 +16,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 import shlex
@@ -98,13 +99,19 @@ with startup_log_filtered():
 
 from mi_data_processing import (  # noqa: E402
     SHARD_ROWS,
+    TABLE_DELIMITERS,
+    TEXT_SUFFIXES,
     TRANSFORMS,
     InputError,
     build_cache,
+    checked_array,
     epoch_batches,
     fit_transform_parameters,
     fold_rows,
+    load_npy,
+    load_npz,
     load_rows,
+    load_table,
     make_transform,
     read_cached_rows,
     read_sidecar,
@@ -132,7 +139,9 @@ LATENT_DIM = 1  # columns of z
 ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
 EMA_RATE = 0.01  # weight of each batch in mine's moving average of mean exp T
 # Data
-INPUT = "data/input_set.dat"
+INPUT = "data/input_set.dat"  # .dat/.txt rows, .npy, .npz (arrays x and z), or .csv/.tsv with a header
+X_COLUMNS = None  # of a .csv/.tsv input: names, 0-based indices or ranges ("0-9"); None: the first data_dim
+Z_COLUMNS = None  # of a .csv/.tsv input; None: the latent_dim after x's
 DATA_SIZE = None  # rows expected in the input; None takes the file's count
 FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
 VAL_FRACTION = 0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
@@ -151,6 +160,8 @@ STRATEGY = "default"  # "default": one device; "mirrored": all local GPUs (or CP
 CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
 # Output
 OUTPUT_DIR = "results"
+ESTIMATE_OUTPUT_DIR = None  # estimate(): where the Python API writes; None: nothing anywhere
+UNITS = "nats"  # of the final line and summary.json: "nats" or "bits"
 CACHE_DIR = None  # stream the input from a binary cache here instead of loading it into memory
 SHUFFLE_BUFFER = 262_144  # rows shuffled together when streaming
 TRANSFORM_SAMPLE = 100_000  # training rows the input map is fitted on when streaming
@@ -176,7 +187,7 @@ class OneLineParser(argparse.ArgumentParser):
     reads @FILE arguments as one flag (and its value) per line."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        raise InputError(message)  # main prints it as one line, with exit status 2
 
     def convert_arg_line_to_args(self, line):
         return shlex.split(line, comments=True)
@@ -205,7 +216,7 @@ def positive(kind):
     return parse
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = OneLineParser(
         prog="mi_main.py",
         description="Estimate I(X; Z) in nats with MINE (Donsker-Varadhan bound). "
@@ -223,7 +234,9 @@ def parse_args(argv=None):
     model.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
     model.add_argument("--ema_rate", type=fraction, default=EMA_RATE, help="moving-average rate of --estimator mine")
     data = parser.add_argument_group("data")
-    data.add_argument("--input", default=INPUT, help="row file: x, z, x_bar, z_bar per line, or x, z alone")
+    data.add_argument("--input", default=INPUT, help="the samples: a row file (.dat, .txt: x, z, x_bar, z_bar per line, or x, z alone; .npy: one such array), a .npz with arrays x and z, or a .csv/.tsv table with a header (see --x_columns)")
+    data.add_argument("--x_columns", default=X_COLUMNS, help="with a .csv or .tsv --input: the columns of x, as header names, 0-based indices or ranges such as 0-9, comma-separated (None: the first --data_dim)")
+    data.add_argument("--z_columns", default=Z_COLUMNS, help="with a .csv or .tsv --input: the columns of z, as --x_columns (None: the --latent_dim after x's)")
     data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
     data.add_argument("--folds", type=positive(int), default=argparse.SUPPRESS, help=f"cross-fit over this many folds: the estimate is their mean, with a standard error and a 95%% interval; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)")
     data.add_argument("--val_fraction", type=fraction, default=argparse.SUPPRESS, help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})")
@@ -251,7 +264,14 @@ def parse_args(argv=None):
     output.add_argument("--keep_checkpoints", type=positive(int), default=KEEP_CHECKPOINTS, help="how many of the latest checkpoints to keep")
     output.add_argument("--plot", action="store_true", help=f"write {PLOT_FILE}, the estimate per epoch (needs matplotlib)")
     output.add_argument("--quiet", action="store_true", help="print only the final line")
+    output.add_argument("--units", choices=["nats", "bits"], default=UNITS, help="of the final line and summary.json's estimates (the per-epoch files stay in nats)")
     output.add_argument("--evaluate_only", metavar="CRITIC", help=f"no training: load a saved {CRITIC_FILE} and report its bound on --input")
+    return parser
+
+
+def parse_args(argv=None):
+    """The flags of argv, checked; a bad one raises InputError."""
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.checkpoint_every < 0:
         parser.error(f"argument --checkpoint_every: must be 0 or more, got {args.checkpoint_every}")
@@ -324,25 +344,43 @@ def flags_file_text(args):
 
 
 def fail(message):
-    """Ends the run on bad input: one line on stderr, exit status 2."""
-    print(f"mi_main.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    """Ends the run on bad input: main() prints the message as one line on
+    stderr with exit status 2; estimate() raises it (a ValueError)."""
+    raise InputError(message)
 
 
-def read_input(args):
+def read_input(args, arrays=None):
     """The checked rows, always in the full 2 * (data_dim + latent_dim) layout.
 
-    A joint-only file gets a copy of its joint half as marginal half; the
-    resampling then pairs each x with another row's z.
+    From `arrays` (x, z) when given (estimate()), else from --input by its
+    extension: .npz and .csv/.tsv give x and z apart, and set --data_dim
+    and --latent_dim to their widths. A joint-only input gets a copy of
+    its joint half as marginal half; the resampling then pairs each x with
+    another row's z.
     """
+    suffix = os.path.splitext(args.input)[1].lower() if arrays is None else None
+    if arrays is None and suffix == ".npz":
+        arrays = load_npz(args.input)
+    elif arrays is None and suffix in TABLE_DELIMITERS:
+        arrays = load_table(args.input, args.x_columns, args.z_columns, args.data_dim, args.latent_dim)
+    if arrays is not None:
+        x, z = arrays
+        # a width given that is not the default must agree with the data's
+        for flag, variable, width, default in (("data_dim", "x", x.shape[1], DATA_DIM), ("latent_dim", "z", z.shape[1], LATENT_DIM)):
+            if getattr(args, flag) not in (width, default):
+                fail(f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} columns")
+        args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
+        rows = np.concatenate([x, z], axis=1).astype(np.float32)
+    else:
+        width = args.data_dim + args.latent_dim
+        try:
+            rows = load_npy(args.input, (2 * width, width)) if suffix == ".npy" else load_rows(args.input, (2 * width, width))
+        except InputError as error:
+            message = str(error)
+            if "columns, expected" in message:
+                message += f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, or {width} for the joint half alone)"
+            fail(message)
     width = args.data_dim + args.latent_dim
-    try:
-        rows = load_rows(args.input, (2 * width, width))
-    except InputError as error:
-        message = str(error)
-        if "columns, expected" in message:
-            message += f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, or {width} for the joint half alone)"
-        fail(message)
     check_file_against_flags(args, *rows.shape)
     if rows.shape[1] == width:
         rows = np.concatenate([rows, rows], axis=1)
@@ -352,9 +390,14 @@ def read_input(args):
 def check_file_against_flags(args, total_rows, file_width):
     """Ends the run if the file's row count or layout contradicts the flags."""
     if args.data_size is not None and args.data_size != total_rows:
-        fail(f"--data_size {args.data_size} disagrees with {args.input}, which has {total_rows} rows")
+        fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
     if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
-        fail(f"--marginal file needs the marginal half in {args.input}, which has the joint half alone ({file_width} columns)")
+        fail(f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone ({file_width} columns)")
+
+
+def input_name(args):
+    """How messages name the input: the file, or the arrays given to estimate()."""
+    return args.input if args.input is not None else "the arrays x and z"
 
 
 def resampled_latent_dim(args):
@@ -367,7 +410,7 @@ def split_input(args, rows):
     training_rows, held_out_rows = split_rows(rows, args.val_fraction, args.seed)
     if len(training_rows) < args.batch_size:
         fail(
-            f"{args.input} has {len(rows)} rows, {len(training_rows)} of them for training after --val_fraction "
+            f"{input_name(args)} has {len(rows)} rows, {len(training_rows)} of them for training after --val_fraction "
             f"{args.val_fraction}: fewer than one batch (--batch_size {args.batch_size})"
         )
     if args.val_fraction > 0 and len(held_out_rows) < 4:
@@ -397,16 +440,16 @@ class TrainingData:
         self.rows_per_epoch = min(training_counts)
 
 
-def in_memory_data(args, resample_latent_dim):
+def in_memory_data(args, resample_latent_dim, arrays=None):
     """The rows in memory: per fold (one split by --val_fraction, or
     --folds), one critic per candidate (--candidates)."""
-    rows = read_input(args)
+    rows = read_input(args, arrays)
     if args.folds == 1:
         splits = [split_input(args, rows)]
     else:
         splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
         if min(len(training_rows) for training_rows, _ in splits) < args.batch_size or len(rows) < 4 * args.folds:
-            fail(f"{args.input} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
+            fail(f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
@@ -756,9 +799,12 @@ RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "candid
                      "val_fraction", "folds", "marginal", "batch_size", "optimizer")
 
 
-def run_identity(args):
-    with open(args.input, "rb") as stream:
-        digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
+def run_identity(args, arrays=None):
+    if arrays is not None:
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
+    else:
+        with open(args.input, "rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
     return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
 
 
@@ -771,7 +817,7 @@ def check_resumable(args, checkpoint_dir, identity):
     if tf.train.latest_checkpoint(checkpoint_dir) is None:
         fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
     if saved["input_sha256"] != identity["input_sha256"]:
-        fail(f"--resume: {args.input} is not the input file the checkpoint in {checkpoint_dir} was trained on")
+        fail(f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in {checkpoint_dir} was trained on")
     for name in RESUME_MUST_MATCH:
         if saved[name] != identity[name]:
             fail(f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not {identity[name]}")
@@ -838,7 +884,7 @@ def save_critic(output_dir, model, transform_kind, transform_parameters):
     )
 
 
-def evaluate_only(args):
+def evaluate_only(args, arrays=None):
     """Reports a saved critic's bound on --input, without training."""
     try:
         model = tf.keras.models.load_model(args.evaluate_only)
@@ -848,45 +894,112 @@ def evaluate_only(args):
     except (OSError, ValueError) as error:
         fail(f"--evaluate_only {args.evaluate_only}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
     args.data_dim, args.latent_dim = model.data_dim, model.latent_dim
-    rows = make_transform(kind, parameters, model.sample_width)(read_input(args))
+    rows = make_transform(kind, parameters, model.sample_width)(read_input(args, arrays))
     resample_latent_dim = resampled_latent_dim(args)
     passes = args.eval_permutations if resample_latent_dim else 1
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
     bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
-    print(f"bound of {args.evaluate_only} on {args.input}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)")
+    print(f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)")
     return {"mi_estimate": bound, "rows": len(rows)}
 
 
 def main(argv=None):
+    """The command line: runs with the flags of argv (sys.argv by default)
+    and ends with the exit status of the README: 0 done, 1 results not
+    written, 2 bad input or flag (one line on stderr), 3 diverged,
+    128 + N stopped by signal N. Returns the summary when done."""
+    try:
+        summary = run(parse_args(argv))
+    except InputError as error:
+        print(f"mi_main.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OutputError as error:
+        print(f"mi_main.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    where = summary.get("hyperparameters", {}).get("output_dir")
+    if summary.get("status") == "diverged":
+        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {summary['diverged_in_epoch']}; the "
+              f"{summary['epochs_completed']} completed epochs are in {where}/; try a smaller --lr or --estimator mine_f", file=sys.stderr)
+        raise SystemExit(3)
+    if summary.get("status") == "interrupted":
+        print(f"stopped by {summary['stopped_by']} after {summary['epochs_completed']} epochs; their results are in "
+              f"{where}/ (continue with --resume)", file=sys.stderr)
+        raise SystemExit(128 + signal.Signals[summary["stopped_by"]])
+    return summary
+
+
+def estimate(x, z, **flags):
+    """Estimates I(X; Z) from arrays: x [rows, data_dim] and z [rows,
+    latent_dim] (1-D: one column), the same rows in the same order.
+
+    Every flag of mi_main.py is a keyword with the same name and default
+    (n_epoch=..., folds=..., seed=...); data_dim and latent_dim come from
+    the arrays. With output_dir=None (the default here: ESTIMATE_OUTPUT_DIR)
+    nothing is written anywhere; with an output_dir, what the command line
+    writes. Returns the summary (the keys of summary.json); its "status"
+    says whether the run completed, diverged or was interrupted. Bad input
+    or flags raise ValueError with the command line's message.
+    """
+    names = {action.dest for action in make_parser()._actions} - {"help"}
+    unknown = sorted(set(flags) - names)
+    if unknown:
+        raise InputError(f"unknown flag {unknown[0]!r} (flags: {', '.join(sorted(names))})")
+    x, z = checked_array(x, "x"), checked_array(z, "z")
+    if len(x) != len(z):
+        raise InputError(f"x has {len(x)} rows and z {len(z)}; they must be the same samples")
+    flags.setdefault("output_dir", ESTIMATE_OUTPUT_DIR)
+    argv = []
+    for name, value in flags.items():
+        if name == "jit":
+            argv.append("--jit" if value else "--no-jit")
+        elif isinstance(value, bool):
+            argv += [f"--{name}"] if value else []
+        elif value is not None and name not in ("output_dir", "input"):
+            argv += [f"--{name}", str(value)]
     args = parse_args(argv)
+    args.output_dir, args.input = flags["output_dir"], None
+    return run(args, arrays=(x, z))
+
+
+def run(args, arrays=None):
+    """One run of parsed flags, on --input or on arrays (x, z); returns the
+    summary. Raises InputError on bad input and OutputError when the
+    results cannot be written."""
     if args.evaluate_only:
-        return evaluate_only(args)
+        return evaluate_only(args, arrays)
     if args.plot:
         require_matplotlib()
     if args.folds > 1 and args.strategy != "default":
         fail(f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}")
+    if args.cache_dir and (arrays is not None or os.path.splitext(args.input)[1].lower() not in TEXT_SUFFIXES):
+        fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {input_name(args)}")
     strategy = make_strategy(args)
-    if not is_chief(strategy):  # the other workers' files go aside
+    if not is_chief(strategy) and args.output_dir is not None:  # the other workers' files go aside
         args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
         args.logdir = None
     resample_latent_dim = resampled_latent_dim(args)
     if args.folds > 1 and args.cache_dir:
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
-    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim)
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-    except OSError as error:
-        fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
-    lock = acquire_lock(args.output_dir)
+    if args.resume and args.output_dir is None:
+        fail("--resume continues the checkpoint in an output directory; give output_dir")
+    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim, arrays)
+    lock = None
+    if args.output_dir is not None:
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+        except OSError as error:
+            fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
+        lock = acquire_lock(args.output_dir)
     stop = StopRequest()
     try:
-        return train(args, strategy, data, stop)
+        return train(args, strategy, data, stop, arrays)
     finally:
         stop.restore()
-        os.unlink(lock)
+        if lock:
+            os.unlink(lock)
 
 
-def train(args, strategy, data, stop):
+def train(args, strategy, data, stop, arrays=None):
     """Trains the run's critics, writes the outputs and returns the summary.
 
     One critic is the plain run; with --folds K there are K critics side by
@@ -894,7 +1007,7 @@ def train(args, strategy, data, stop):
     files in OUTPUT_DIR/fold-k). On divergence or a stop request the
     outputs of the completed epochs are written, and the run ends with exit
     status 3, or 128 + the signal's number."""
-    run = prepare(args, strategy, data)
+    run = prepare(args, strategy, data, arrays)
     outcome = epoch_loop(args, run, data, stop)
     return write_outputs(args, run, data, outcome, stop)
 
@@ -917,19 +1030,23 @@ def stacked_halves(held_out_rows):
     return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
 
 
-def prepare(args, strategy, data):
+def prepare(args, strategy, data, arrays=None):
     """Everything before the first epoch: directories, the compiled critics,
-    the checkpoint (restored with --resume), TensorBoard and the start line."""
+    the checkpoint (restored with --resume), TensorBoard and the start line.
+    Without an output directory (estimate()'s default) nothing is written:
+    no checkpoint, and TensorBoard only to an explicit --logdir."""
     critics = data.critics
-    output_dirs = [args.output_dir] if critics == 1 else [
+    writes = args.output_dir is not None
+    output_dirs = [args.output_dir] if critics == 1 or not writes else [
         os.path.join(args.output_dir, folder) for folder in critic_folders(args, critics // len(candidates(args)))]
-    checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
-    identity = run_identity(args)
-    if args.resume:
-        check_resumable(args, checkpoint_dir, identity)
-    for output_dir in output_dirs:
-        os.makedirs(output_dir, exist_ok=True)
-    write_atomically(os.path.join(args.output_dir, FLAGS_FILE), lambda stream: stream.write(flags_file_text(args)))
+    if writes:
+        checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
+        identity = run_identity(args, arrays)
+        if args.resume:
+            check_resumable(args, checkpoint_dir, identity)
+        for output_dir in output_dirs:
+            os.makedirs(output_dir, exist_ok=True)
+        write_atomically(os.path.join(args.output_dir, FLAGS_FILE), lambda stream: stream.write(flags_file_text(args)))
 
     compiled = compiled_critics(args, critics, args.n_epoch * -(-data.rows_per_epoch // args.batch_size), strategy)
     replicated = strategy.num_replicas_in_sync > 1  # then there is one critic: main refuses --folds
@@ -940,19 +1057,22 @@ def prepare(args, strategy, data):
     # two halves' bounds.
     completed_epochs = tf.Variable(0, dtype=tf.int64)
     history_so_far = tf.Variable(np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64)
-    checkpoint = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
-    if args.resume:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    else:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
+    manager = None
+    if writes:
+        checkpoint = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
+        if args.resume:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        else:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
     first_epoch = int(completed_epochs)
 
-    writer = tf.summary.create_file_writer(args.logdir or os.path.join(args.output_dir, "logs"))
+    logdir = args.logdir or (writes and os.path.join(args.output_dir, "logs"))
+    writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
     with writer.as_default():
         tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
-    truth = (read_sidecar(args.input) or {}).get("true_mi_nats")
+    truth = (read_sidecar(args.input) or {}).get("true_mi_nats") if args.input is not None else None
     halves = stacked_halves(data.held_out_rows)
 
     @tf.function
@@ -1000,7 +1120,7 @@ def print_start_line(args, run, data):
     if len(candidates(args)) > 1:
         rows_text += f"; candidates {args.candidates.replace(',', ', ')} on each ({run.critics} critics side by side)"
     print(
-        f"MINE ({args.estimator}) on {args.input}: {rows_text}, "
+        f"MINE ({args.estimator}) on {input_name(args)}: {rows_text}, "
         f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
         + (f", {run.strategy.num_replicas_in_sync} replicas ({args.strategy})" if run.replicated else "")
         + (f", true MI {run.truth} nats" if run.truth is not None else "")
@@ -1075,7 +1195,7 @@ def epoch_loop(args, run, data, stop):
                 f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
                 flush=True,
             )
-        due = args.checkpoint_every and (
+        due = run.manager and args.checkpoint_every and (
             epoch == args.n_epoch
             or stop.signal is not None
             or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
@@ -1094,10 +1214,17 @@ def epoch_loop(args, run, data, stop):
                    diverged_in, train_seconds, status)
 
 
+class OutputError(OSError):
+    """The results could not be written; the files already there are the
+    previous complete ones."""
+
+
 def write_outputs(args, run, data, outcome, stop):
-    """The estimate and its files: per-critic files in fold-k, the critics'
-    mean at the top, summary.json, and the final line (or the exit status
-    of a diverged or stopped run)."""
+    """The estimate and its files: per-critic files, each fold's and the
+    critics' mean at the top, summary.json (nothing without an output
+    directory); prints the final line of a completed run and returns the
+    summary, its status saying whether the run completed, diverged or was
+    interrupted."""
     history, critics, truth = outcome.history, run.critics, run.truth
     has_held_out = run.halves is not None
     names = [f"{transform}:{activation}" for transform, activation in candidates(args)]
@@ -1115,34 +1242,32 @@ def write_outputs(args, run, data, outcome, stop):
             best_epochs.append([epoch_a, epoch_b])
         else:  # parse_args allows no choice without held-out rows: one candidate
             estimates.append(float(history[-1, fold * per_fold, 0]))
+    chosen = "candidate and epoch" if per_fold > 1 else "epoch"
     if not len(history):
         estimate_from = "no completed epoch"
     elif folds > 1:
-        estimate_from = (f"mean of {folds} cross-fitted folds' held-out bounds, each at the "
-                         + ("candidate and epoch" if per_fold > 1 else "epoch") + " chosen on the other half")
+        estimate_from = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other half"
     elif has_held_out:
-        estimate_from = ("held-out bound at the best " + ("candidates and epochs" if per_fold > 1 else "epochs")
-                         + " of the other half ({}, {})".format(*[f"{names[c]} epoch {e}" if per_fold > 1 else e
-                                                                   for e, c in zip(best_epochs[0], [names.index(w) for w in winners[0]])]))
+        estimate_from = f"held-out bound at the {chosen} chosen on the other half (epochs {best_epochs[0][0]}, {best_epochs[0][1]})"
     else:
         estimate_from = "training rows' bound, last epoch"
-    try:
-        for k, output_dir in enumerate(run.output_dirs):
-            if critics > 1:
-                save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, truth)
-            if outcome.status != "diverged":
-                critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
-                save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
-        if folds > 1 and per_fold > 1:  # each fold's own mean over its candidates
-            for fold in range(folds):
-                save_curves(os.path.join(args.output_dir, f"fold-{fold + 1}"), history[:, fold * per_fold : (fold + 1) * per_fold],
-                            has_held_out, args.plot, truth)
-        # the reference's files at the top whatever the folds: the critics' mean per epoch
-        save_curves(args.output_dir, history, has_held_out, args.plot, truth)
-    except OSError as error:
-        print(f"mi_main.py: error: cannot write the results to {args.output_dir}: {error.strerror}; "
-              "the files already there are the previous complete ones", file=sys.stderr)
-        raise SystemExit(1) from None
+    if args.output_dir is not None:
+        try:
+            for k, output_dir in enumerate(run.output_dirs):
+                if critics > 1:
+                    save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, truth)
+                if outcome.status != "diverged":
+                    critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
+                    save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
+            if folds > 1 and per_fold > 1:  # each fold's own mean over its candidates
+                for fold in range(folds):
+                    save_curves(os.path.join(args.output_dir, f"fold-{fold + 1}"), history[:, fold * per_fold : (fold + 1) * per_fold],
+                                has_held_out, args.plot, truth)
+            # the reference's files at the top whatever the folds: the critics' mean per epoch
+            save_curves(args.output_dir, history, has_held_out, args.plot, truth)
+        except OSError as error:
+            raise OutputError(f"cannot write the results to {args.output_dir}: {error.strerror}; "
+                              "the files already there are the previous complete ones") from None
 
     training_seconds, rows_per_epoch = outcome.training_seconds, outcome.rows_per_epoch
     trained_epochs = len(training_seconds)
@@ -1150,10 +1275,12 @@ def write_outputs(args, run, data, outcome, stop):
     steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
     summary = {
         "status": outcome.status,
+        "stopped_by": signal.Signals(stop.signal).name if stop.signal is not None else None,
         "folds": folds,
         "critics": critics,
         "epochs_completed": run.first_epoch + trained_epochs,
         "diverged_in_epoch": outcome.diverged_in,
+        "units": args.units,
         "mi_estimate": estimates[0],
         "mi_estimate_from": estimate_from,
     }
@@ -1184,36 +1311,52 @@ def write_outputs(args, run, data, outcome, stop):
         "training_flops_per_row": run.flops_per_row,
         "hyperparameters": vars(args),
     })
-    try:
-        save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
-    except OSError as error:
-        print(f"mi_main.py: error: cannot write {SUMMARY_FILE} to {args.output_dir}: {error.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if outcome.diverged_in:
-        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {outcome.diverged_in}; the {len(history)} completed "
-              f"epochs are in {args.output_dir}/; try a smaller --lr or --estimator mine_f", file=sys.stderr)
-        raise SystemExit(3)
-    if stop.signal is not None:
-        print(f"stopped by {signal.Signals(stop.signal).name} after {len(history)} epochs; their results are in "
-              f"{args.output_dir}/ (continue with --resume)", file=sys.stderr)
-        raise SystemExit(128 + stop.signal)
+    in_units(summary, args.units)
+    if args.output_dir is not None:
+        try:
+            save_json(os.path.join(args.output_dir, SUMMARY_FILE), summary)
+        except OSError as error:
+            raise OutputError(f"cannot write {SUMMARY_FILE} to {args.output_dir}: {error.strerror}") from None
+    if outcome.status == "completed":
+        print_final_line(args, summary, winners, outcome.train_seconds)
+    return summary
+
+
+NATS_PER_BIT = math.log(2.0)
+ESTIMATE_KEYS = ("mi_estimate", "mi_stderr", "mi_ci95", "fold_estimates", "held_out_last_epoch", "training_rows_estimate")
+
+
+def in_units(summary, units):
+    """summary's estimates, computed in nats, in `units` (true_mi_nats stays in nats)."""
+    if units == "nats":
+        return
+    for key in ESTIMATE_KEYS:
+        value = summary.get(key)
+        if isinstance(value, list):
+            summary[key] = [None if each is None else each / NATS_PER_BIT for each in value]
+        elif value is not None:
+            summary[key] = value / NATS_PER_BIT
+
+
+def print_final_line(args, summary, winners, seconds):
+    units, folds = summary["units"], summary["folds"]
     mi_estimate = summary["mi_estimate"]
     if folds > 1:
         low, high = summary["mi_ci95"]
-        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} nats (95 % interval {low:.4f} to {high:.4f}, {folds} folds)"
+        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, {folds} folds)"
     else:
-        estimate_text = f"{mi_estimate:.4f} nats"
+        estimate_text = f"{mi_estimate:.4f} {units}"
+    truth = summary["true_mi_nats"]
+    if truth is not None:
+        estimate_text += f" (true {truth if units == 'nats' else round(truth / NATS_PER_BIT, 4)})"
     chosen = ""
-    if per_fold > 1 and winners:
+    if winners and len(summary["candidates"]) > 1:
         chosen = "; chosen on halves A/B: " + ", ".join(
             (f"fold {fold + 1} " if folds > 1 else "") + ("/".join(pair) if pair[0] != pair[1] else pair[0])
             for fold, pair in enumerate(winners))
-    print(
-        f"estimated I(X; Z) = {estimate_text}" + (f" (true {truth})" if truth is not None else "")
-        + (f" from the {estimate_from}" if folds == 1 else "") + chosen
-        + f", in {outcome.train_seconds:.1f} s; results in {args.output_dir}/"
-    )
-    return summary
+    where = f"; results in {args.output_dir}/" if args.output_dir is not None else ""
+    print(f"estimated I(X; Z) = {estimate_text}" + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
+          + chosen + f", in {seconds:.1f} s{where}")
 
 
 if __name__ == "__main__":
