@@ -21,7 +21,6 @@ import io
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 

@@ -2,7 +2,6 @@
 and resume, progress, the plot, flag files and the saved critic."""
 
 import importlib.util
-import json
 import sys
 
 import numpy as np
