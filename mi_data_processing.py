@@ -309,6 +309,24 @@ def real_rows_mask(counts, max_rows):
     return tf.cast(tf.range(max_rows)[None, :] < counts[:, None], tf.float32)
 
 
+def epoch_key(seed, epoch, stream):
+    """The stateless random key of (seed, epoch, stream)."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
+    )
+
+
+def z_bar_shifted(rows, counts, shifts, resample_latent_dim):
+    """rows [groups, max_rows, columns] with each real row i's last
+    resample_latent_dim columns (z_bar) taken from row (i + shifts[g]) mod
+    counts[g] of its group; the padding rows after the counts[g] real ones
+    are left as they are."""
+    index = tf.range(tf.shape(rows)[1])[None, :]
+    partner = tf.where(index < counts[:, None], tf.math.floormod(index + shifts[:, None], counts[:, None]), index)
+    z_bar = tf.gather(rows[..., -resample_latent_dim:], partner, batch_dims=1)
+    return tf.concat([rows[..., :-resample_latent_dim], z_bar], axis=-1)
+
+
 def critic_orders(counts, max_rows, seed, epoch, stream=0):
     """For each critic, a random order of its rows, [critics, max_rows]: its
     counts[k] real rows first, then its padding.
@@ -317,10 +335,7 @@ def critic_orders(counts, max_rows, seed, epoch, stream=0):
     epoch sees the same orders as an uninterrupted one. Streams keep the
     training order apart from the orders used to evaluate.
     """
-    key = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
-    )
-    keys = tf.random.stateless_uniform([tf.shape(counts)[0], max_rows], seed=key)
+    keys = tf.random.stateless_uniform([tf.shape(counts)[0], max_rows], seed=epoch_key(seed, epoch, stream))
     return tf.argsort(tf.where(real_rows_mask(counts, max_rows) > 0, keys, 2.0), axis=1)
 
 
@@ -338,10 +353,7 @@ def paired_marginals(rows, counts, seed, epoch, stream=0, resample_latent_dim=0)
     shuffled = tf.gather(rows, critic_orders(counts, max_rows, seed, epoch, stream), batch_dims=1)
     if not resample_latent_dim:
         return shuffled
-    index = tf.range(max_rows)[None, :]
-    previous = tf.where(index < counts[:, None], tf.math.floormod(index - 1, counts[:, None]), index)
-    z_bar = tf.gather(shuffled[..., -resample_latent_dim:], previous, batch_dims=1)
-    return tf.concat([shuffled[..., :-resample_latent_dim], z_bar], axis=-1)
+    return z_bar_shifted(shuffled, counts, -tf.ones_like(counts), resample_latent_dim)
 
 
 def shifted_marginals(rows, counts, seed, epoch, stream, resample_latent_dim):
@@ -352,15 +364,10 @@ def shifted_marginals(rows, counts, seed, epoch, stream, resample_latent_dim):
     stream). For rows already in random order (held-out rows are) this
     pairs each x_bar with another row's z_bar, like paired_marginals, but
     without a sort: cheap to compile with XLA."""
-    key = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
-    )
     spans = tf.maximum(counts - 1, 1)
-    shifts = 1 + tf.cast(tf.random.stateless_uniform(tf.shape(counts), seed=key) * tf.cast(spans, tf.float32), tf.int32)
-    index = tf.range(tf.shape(rows)[1])[None, :]
-    partner = tf.where(index < counts[:, None], tf.math.floormod(index + tf.minimum(shifts, spans)[:, None], counts[:, None]), index)
-    z_bar = tf.gather(rows[..., -resample_latent_dim:], partner, batch_dims=1)
-    return tf.concat([rows[..., :-resample_latent_dim], z_bar], axis=-1)
+    uniform = tf.random.stateless_uniform(tf.shape(counts), seed=epoch_key(seed, epoch, stream))
+    shifts = tf.minimum(1 + tf.cast(uniform * tf.cast(spans, tf.float32), tf.int32), spans)
+    return z_bar_shifted(rows, counts, shifts, resample_latent_dim)
 
 
 def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):

@@ -423,8 +423,8 @@ class TrainingData:
     streamed from a cache.
 
     epochs(first_epoch) yields, for each epoch from first_epoch on, an
-    iterable of (full_batches, last_batch) chunks as epoch_batches makes
-    them, with a leading critic axis: one chunk in memory, one per window
+    iterable of (batches, batch_rows) chunks as epoch_batches makes them,
+    with a leading critic axis: one chunk in memory, one per window
     when streamed. held_out_rows and transform_parameters hold one entry per
     critic; training_counts each critic's training rows (each epoch every
     critic trains on as many as the smallest has).
@@ -1227,7 +1227,7 @@ def write_outputs(args, run, data, outcome, stop):
     interrupted."""
     history, critics, truth = outcome.history, run.critics, run.truth
     has_held_out = run.halves is not None
-    names = [f"{transform}:{activation}" for transform, activation in candidates(args)]
+    names = args.candidates.split(",")
     per_fold = len(names)
     folds = critics // per_fold
     estimates, winners, best_epochs = [], [], []

@@ -27,17 +27,22 @@ import tensorflow as tf
 from mi_layers import StatisticsNetwork
 
 
+def per_critic(values, mask):
+    """values as [critics, rows, entries], where each critic's entries are
+    real (a boolean of that shape, from mask [critics, rows] with 1 for
+    real rows and 0 for padding) and how many are real, [critics]."""
+    values = tf.reshape(values, [tf.shape(values)[0], tf.shape(values)[1], -1])
+    real = tf.ones_like(values, tf.bool) if mask is None else tf.broadcast_to(mask[:, :, None] > 0, tf.shape(values))
+    return values, real, tf.reduce_sum(tf.cast(real, values.dtype), axis=[1, 2])
+
+
 def critic_mean(values, mask=None):
     """The mean of each critic's values: [critics, rows, ...] -> [critics].
 
     `mask` [critics, rows] marks each critic's real rows with 1 and the
     padding that evens out its row count with 0.
     """
-    values = tf.reshape(values, [tf.shape(values)[0], tf.shape(values)[1], -1])
-    if mask is None:
-        return tf.reduce_mean(values, axis=[1, 2])
-    real = tf.broadcast_to(mask[:, :, None] > 0, tf.shape(values))
-    count = tf.reduce_sum(tf.cast(real, values.dtype), axis=[1, 2])
+    values, real, count = per_critic(values, mask)
     return tf.reduce_sum(tf.where(real, values, 0.0), axis=[1, 2]) / count
 
 
@@ -48,12 +53,7 @@ def log_mean_exp(scores, mask=None):
     The plain formula overflows float32 once a score passes about 88;
     logsumexp subtracts the maximum first.
     """
-    scores = tf.reshape(scores, [tf.shape(scores)[0], tf.shape(scores)[1], -1])
-    if mask is None:
-        count = tf.cast(tf.shape(scores)[1] * tf.shape(scores)[2], scores.dtype)
-        return tf.reduce_logsumexp(scores, axis=[1, 2]) - tf.math.log(count)
-    real = tf.broadcast_to(mask[:, :, None] > 0, tf.shape(scores))
-    count = tf.reduce_sum(tf.cast(real, scores.dtype), axis=[1, 2])
+    scores, real, count = per_critic(scores, mask)
     return tf.reduce_logsumexp(tf.where(real, scores, -np.inf), axis=[1, 2]) - tf.math.log(count)
 
 
