@@ -498,7 +498,7 @@ def streamed_data(args, resample_latent_dim):
     for start in range(0, training_rows, SHARD_ROWS):
         shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
         sample.append(shard[rng.random(len(shard)) < keep])
-    (kind, _), = candidates(args)  # main refuses several with --cache_dir
+    (kind, _), = candidates(args)  # run() refuses several with --cache_dir
     parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
     transform = make_transform(kind, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
@@ -971,6 +971,9 @@ def run(args, arrays=None):
         require_matplotlib()
     if args.folds > 1 and args.strategy != "default":
         fail(f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}")
+    if "," in args.candidates and (args.cache_dir or args.strategy != "default"):
+        fail("several --candidates train side by side on one device, on rows in memory; they do not combine with "
+             + ("--cache_dir" if args.cache_dir else f"--strategy {args.strategy}"))
     if args.cache_dir and (arrays is not None or os.path.splitext(args.input)[1].lower() not in TEXT_SUFFIXES):
         fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {input_name(args)}")
     strategy = make_strategy(args)

@@ -67,6 +67,15 @@ def test_folds_refuse_a_distribution_strategy(known_mi_file, tmp_path, capsys):
     assert status == 2 and "--folds" in err and "--strategy mirrored" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flags, named", [(["--cache_dir", "CACHE"], "--cache_dir"), (["--strategy", "mirrored"], "--strategy mirrored")])
+def test_several_candidates_refuse_streaming_and_replicas(known_mi_file, tmp_path, capsys, flags, named):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=11)
+    flags = [str(tmp_path / "cache") if flag == "CACHE" else flag for flag in flags]
+    status, _, err = run_main(["--input", path, "--output_dir", str(tmp_path / "out"), "--folds", "1",
+                               "--candidates", "rank:tanh,standardize:relu", *flags], capsys)
+    assert status == 2 and "--candidates" in err and named in err and len(err.strip().splitlines()) == 1
+
+
 def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=10)
     # a constant rate: a cosine schedule stretches to the new --n_epoch on resuming
