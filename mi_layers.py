@@ -116,6 +116,8 @@ class StatisticsNetwork(tf.keras.layers.Layer):
         return tf.add_n([mask * tf.keras.activations.get(name)(values) for name, mask in self.activation_masks.items()])
 
     def call(self, samples):
+        if self.critics == 1:  # as a plain [rows, inputs] matrix: XLA makes a rank-3 Dense a batched product
+            return self.scores(self.hidden_2(self.hidden_1(samples[0])))[None]
         return self.scores(self.activate(self.hidden_2(self.activate(self.hidden_1(samples)))))
 
     def get_config(self):
