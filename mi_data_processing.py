@@ -394,6 +394,7 @@ def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resam
     rows, counts = tf.constant(stacked), tf.constant(counts)
     batch_rows = tf.constant(np.minimum(batch_size, used - batch_size * np.arange(steps)), tf.int32)
 
+    @tf.autograph.experimental.do_not_convert
     def one_epoch(epoch):
         shuffled = paired_marginals(rows, counts, seed, epoch, 0, resample_latent_dim)
         return tf.reshape(shuffled[:, : steps * batch_size], [critics, steps, batch_size, columns]), batch_rows
