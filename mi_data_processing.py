@@ -399,7 +399,19 @@ def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resam
         shuffled = paired_marginals(rows, counts, seed, epoch, 0, resample_latent_dim)
         return tf.reshape(shuffled[:, : steps * batch_size], [critics, steps, batch_size, columns]), batch_rows
 
-    return tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1)
+    return without_autotune(tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1))
+
+
+def without_autotune(dataset):
+    """The dataset with tf.data's autotuning off. Its thread wakes after
+    doubling periods (10 ms, 20 ms, ..., 10.24 s), and an iterator reaching
+    its end sometimes waited for the next wake: a 100-epoch run whose epochs
+    took 11 s ended after 20.6 s, 20.47 s being the sum of those periods
+    (2 runs in 5 of `python mi_main.py`, never with autotuning off).
+    These pipelines have a fixed prefetch and nothing to tune."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 # Invertible maps of one coordinate: applied to x or z, they leave I(X; Z) as it was.
@@ -463,10 +475,10 @@ def build_cache(path, columns, cache_dir):
         try:
             if width not in allowed:
                 raise ValueError
-            chunks = (
+            chunks = without_autotune(
                 tf.data.TextLineDataset(path)
                 .batch(CACHE_LINES_PER_CHUNK)
-                .map(lambda lines: _parse_lines(lines, width), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .map(lambda lines: _parse_lines(lines, width), num_parallel_calls=os.cpu_count() or 1, deterministic=True)
             )
             for values in chunks:
                 values = values.numpy()
@@ -540,7 +552,7 @@ def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, sh
             full = tf.concat([full[:, :, :-resample_latent_dim], tf.roll(full[:, :, -resample_latent_dim:], 1, axis=1)], axis=2)
         return full[None], tf.fill(tf.shape(full)[:1], batch_size)  # one critic, every batch full
 
-    return tf.data.Dataset.range(len(windows)).map(element).prefetch(1)
+    return without_autotune(tf.data.Dataset.range(len(windows)).map(element).prefetch(1))
 
 
 def make_known_mi_rows(n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"):

@@ -271,3 +271,14 @@ def test_streamed_and_in_memory_epochs_see_every_row_once(tmp_path, monkeypatch)
         np.testing.assert_array_equal(np.sort(in_memory[epoch][:, 0]), rows[:, 0])
         orders.append(tuple(seen[:, 0]))
     assert orders[0] != orders[1]
+
+
+def test_epoch_pipelines_run_without_autotuning(tmp_path):
+    # An iterator of an autotuned pipeline sometimes waited at its end for the tuner's next wake, up to seconds.
+    rows = np.random.default_rng(0).standard_normal((300, 4)).astype(np.float32)
+    assert epoch_batches([rows], 64, 0, 0, 2).options().autotune.enabled is False
+    path = str(tmp_path / "rows.dat")
+    np.savetxt(path, rows)
+    cache_path, total_rows, width = build_cache(path, 4, str(tmp_path / "cache"))
+    streamed = streamed_epoch(cache_path, width, total_rows, 64, 0, 0, 32, lambda values: values)
+    assert streamed.options().autotune.enabled is False
