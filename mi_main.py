@@ -1293,8 +1293,9 @@ def write_outputs(args, run, data, outcome, stop):
         "mi_estimate_from": estimate_from,
     }
     if folds > 1:
-        interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None))
-        summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), fold_estimates=estimates)
+        interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None), None)
+        summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), mi_lower_95=interval[3],
+                       fold_estimates=estimates)
     if per_fold > 1:
         summary.update(fold_winners=winners, fold_best_epochs=best_epochs)
     held_out_counts = [len(rows) for rows in data.held_out_rows]
@@ -1331,7 +1332,7 @@ def write_outputs(args, run, data, outcome, stop):
 
 
 NATS_PER_BIT = math.log(2.0)
-ESTIMATE_KEYS = ("mi_estimate", "mi_stderr", "mi_ci95", "fold_estimates", "held_out_last_epoch", "training_rows_estimate")
+ESTIMATE_KEYS = ("mi_estimate", "mi_stderr", "mi_ci95", "mi_lower_95", "fold_estimates", "held_out_last_epoch", "training_rows_estimate")
 
 
 def in_units(summary, units):
@@ -1351,7 +1352,8 @@ def print_final_line(args, summary, winners, seconds):
     mi_estimate = summary["mi_estimate"]
     if folds > 1:
         low, high = summary["mi_ci95"]
-        estimate_text = f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, {folds} folds)"
+        estimate_text = (f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, "
+                         f"at least {summary['mi_lower_95']:.4f} with 95 % confidence, {folds} folds)")
     else:
         estimate_text = f"{mi_estimate:.4f} {units}"
     truth = summary["true_mi_nats"]

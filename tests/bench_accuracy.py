@@ -85,12 +85,12 @@ def main():
 
     print(f"rows {args.rows}, seeds {args.seeds}, mi_main flags: {' '.join(args.flags) or '(defaults)'}")
     header = ("| task | family | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
-              "95 % interval covers truth | mean interval width | s per estimate |")
-    print(header + "\n|" + " --- |" * 10, flush=True)
-    errors, coverage, interval_widths, families = {}, {}, {}, {}
+              "95 % interval covers truth | mean interval width | truth above the 95 % lower bound | s per estimate |")
+    print(header + "\n|" + " --- |" * 11, flush=True)
+    errors, coverage, lower_bound_holds, interval_widths, families = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.tasks:
-            estimates, last_epoch, seconds, covered, widths = [], [], [], [], []
+            estimates, last_epoch, seconds, covered, widths, below = [], [], [], [], [], []
             for seed in range(args.seeds):
                 path, truth, family, dimensions = task_file(name, args.rows, seed, scratch)
                 summary, train_seconds = estimate(path, seed, [*dimensions, *args.flags], os.path.join(scratch, "out"))
@@ -99,6 +99,7 @@ def main():
                     low, high = summary["mi_ci95"]
                     covered.append(low <= truth <= high)
                     widths.append(high - low)
+                    below.append(summary["mi_lower_95"] <= truth)
                 else:
                     last_epoch.append(summary["held_out_last_epoch"])
                 seconds.append(train_seconds)
@@ -106,23 +107,26 @@ def main():
             errors[name] = (truth, estimates - truth)
             families.setdefault(family, []).append(name)
             coverage[name] = (truth, covered)
+            lower_bound_holds[name] = (truth, below)
             if widths:
                 interval_widths[name] = (truth, np.mean(widths))
             print(
                 f"| {name} | {family} | {truth:.3f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
                 f"{estimates.mean() - truth:+.3f} | {np.abs(estimates - truth).max():.3f} | "
                 f"{mean_or_dash(last_epoch)} | {f'{sum(covered)} of {len(covered)}' if covered else '-'} | {mean_or_dash(widths)} | "
-                f"{np.mean(seconds):.1f} |",
+                f"{f'{sum(below)} of {len(below)}' if below else '-'} | {np.mean(seconds):.1f} |",
                 flush=True,
             )
-    print("\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width |")
-    print("|" + " --- |" * 5)
+    print("\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width | truth above the 95 % lower bound |")
+    print("|" + " --- |" * 6)
     for family, names in families.items():
         family_errors = np.concatenate([errors[name][1] for name in names])
         hits = [hit for name in names for hit in coverage[name][1]]
         family_widths = [interval_widths[name][1] for name in names if name in interval_widths]
+        holds = [hold for name in names for hold in lower_bound_holds[name][1]]
         print(f"| {family} | {len(names)} | {np.abs(family_errors).mean():.3f} | "
-              f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} |")
+              f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} | "
+              f"{f'{sum(holds)} of {len(holds)}' if holds else '-'} |")
     small = np.concatenate([error for truth, error in errors.values() if truth <= 2])
     if small.size:
         print(f"tasks with MI <= 2: mean absolute error {np.abs(small).mean():.3f}, worst {np.abs(small).max():.3f}")
@@ -130,6 +134,8 @@ def main():
     if small_coverage:
         print(f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of {len(small_coverage)} cases, "
               f"mean width {np.mean([width for truth, width in interval_widths.values() if truth <= 2]):.3f}")
+        small_holds = [hold for truth, holds in lower_bound_holds.values() if truth <= 2 for hold in holds]
+        print(f"tasks with MI <= 2: the truth was at or above the 95 % lower bound in {sum(small_holds)} of {len(small_holds)} cases")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import tensorflow as tf
 import mi_main
 from conftest import run_main
 from mi_data_processing import fold_rows
-from mi_model import cross_fitted_interval
+from mi_model import cross_fitted_interval, t_quantile
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
@@ -28,11 +28,17 @@ def test_folds_are_disjoint_and_cover_every_row_once():
 
 
 def test_standard_error_and_interval_by_hand():
-    mean, stderr, (low, high) = cross_fitted_interval([1.0, 1.2, 0.8, 1.0])
+    mean, stderr, (low, high), lower_bound = cross_fitted_interval([1.0, 1.2, 0.8, 1.0])
     spread = math.sqrt((0.0 + 0.04 + 0.04 + 0.0) / 3)  # sample standard deviation
     assert mean == pytest.approx(1.0)
     assert stderr == pytest.approx(spread / 2)
     assert (low, high) == pytest.approx((1.0 - 3.182 * spread / 2, 1.0 + 3.182 * spread / 2))
+    assert lower_bound == pytest.approx(1.0 - 2.353 * spread / 2)  # one-sided: t(0.95) with 3 degrees of freedom
+
+
+@pytest.mark.parametrize("probability, dof, exact", [(0.975, 11, 2.201), (0.975, 30, 2.042), (0.95, 11, 1.796), (0.95, 30, 1.697)])
+def test_t_quantile_beyond_the_table(probability, dof, exact):
+    assert t_quantile(probability, dof) == pytest.approx(exact, abs=0.005)
 
 
 def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp_path, capsys):
@@ -42,7 +48,7 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
     assert summary["folds"] == 3 and len(summary["fold_estimates"]) == 3
     low, high = summary["mi_ci95"]
-    assert low <= summary["mi_estimate"] <= high and summary["mi_stderr"] > 0
+    assert low < summary["mi_lower_95"] < summary["mi_estimate"] <= high and summary["mi_stderr"] > 0
     assert summary["mi_estimate"] == pytest.approx(np.mean(summary["fold_estimates"]))
     assert summary["held_out_rows"] == [500, 500, 500] and summary["training_rows"] == [1000, 1000, 1000]
     assert summary["critics"] == 3 * len(summary["candidates"])
