@@ -160,6 +160,27 @@ def cross_selected_estimate(bounds_a, bounds_b):
     return estimate, (int(best_a[0]) + 1, int(best_a[1])), (int(best_b[0]) + 1, int(best_b[1]))
 
 
+def pooled_selected_estimates(bounds):
+    """Cross-fitted fold estimates, each fold read at the (epoch,
+    candidate) chosen on the other folds: bounds [epochs, folds,
+    candidates] are each fold's held-out bounds. Fold k's estimate is its
+    bound at the epoch and candidate whose mean bound over the other K - 1
+    folds is highest. Choosing on K - 1 folds' rows instead of half of one
+    fold's makes the choice far less noisy, and fold k's own rows, which
+    play no part in the choice, read the whole fold instead of a half.
+    Returns (estimates [folds], [(epoch, candidate) per fold]), epochs
+    1-based, candidates 0-based.
+    """
+    bounds = np.asarray(bounds, np.float64)
+    estimates, choices = [], []
+    for fold in range(bounds.shape[1]):
+        others = np.delete(bounds, fold, axis=1).mean(axis=1)  # [epochs, candidates]
+        epoch, candidate = np.unravel_index(int(np.argmax(others)), others.shape)
+        estimates.append(float(bounds[epoch, fold, candidate]))
+        choices.append((int(epoch) + 1, int(candidate)))
+    return estimates, choices
+
+
 # Quantiles of Student's t by probability and degrees of freedom.
 T_QUANTILES = {
     0.975: {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228},

@@ -9,6 +9,7 @@ import tensorflow as tf
 from mi_model import (
     ESTIMATORS,
     cross_selected_estimate,
+    pooled_selected_estimates,
     MineModel,
     donsker_varadhan_bound,
     f_divergence_bound,
@@ -144,6 +145,15 @@ def test_cross_selected_estimate_reads_each_half_at_the_others_best_epoch():
     estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
     assert (best_a, best_b) == ((2, 0), (4, 0))
     assert estimate == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_pooled_selection_reads_each_fold_at_the_other_folds_best():
+    bounds = np.zeros((3, 3, 2))  # [epochs, folds, candidates]
+    bounds[1, :, 0] = [0.5, 0.6, 0.7]
+    bounds[2, :, 1] = [0.9, 0.8, 0.2]  # best for folds 1 and 2 together, so fold 3 reads it, low as it is there
+    estimates, choices = pooled_selected_estimates(bounds)
+    assert choices == [(2, 0), (2, 0), (3, 1)]
+    assert estimates == pytest.approx([0.5, 0.6, 0.2])
 
 
 def test_cross_selection_over_candidates_picks_epoch_and_critic_on_the_other_half():
