@@ -218,6 +218,9 @@ def split_rows(rows, val_fraction, seed):
 
 
 TRANSFORMS = ("rank", "standardize", "asinh", "none")
+# asinh's map is linear within this many spreads of the median: with 1 it
+# bent light-tailed relations (radial mixtures read 0.03 nats lower)
+ASINH_LINEAR_ZONE = 3.0
 
 
 def fold_rows(rows, folds, fold, seed):
@@ -242,9 +245,11 @@ def fit_transform_parameters(kind, training_rows, sample_width):
                    undoes monotone distortions such as cubes and tames
                    heavy tails.
       asinh:       each column's median and interquartile spread; then
-                   asinh of the centred, scaled value: linear near the
-                   centre, logarithmic in heavy tails, and smooth (unlike
-                   rank's piecewise-linear CDF).
+                   c asinh(u / c) of the centred, scaled value u, with c =
+                   ASINH_LINEAR_ZONE: linear within c spreads of the
+                   median, where the relations in light-tailed data live,
+                   logarithmic beyond, so that no extreme row can
+                   dominate; smooth, unlike rank's piecewise-linear CDF.
     """
     joint = training_rows[:, :sample_width].astype(np.float64)
     if kind == "none":
@@ -259,7 +264,7 @@ def fit_transform_parameters(kind, training_rows, sample_width):
         low, median, high = np.percentile(joint, [25, 50, 75], axis=0)
         spread = (high - low) / 1.349  # a normal's standard deviation from its quartiles
         spread[spread == 0] = 1.0
-        return {"median": median, "spread": spread}
+        return {"median": median, "spread": spread, "linear_zone": ASINH_LINEAR_ZONE}
     raise ValueError(f"unknown transform {kind!r}")
 
 
@@ -276,7 +281,8 @@ def make_transform(kind, parameters, sample_width):
     elif kind == "asinh":
 
         def column_map(columns):
-            return np.arcsinh((columns - parameters["median"]) / parameters["spread"])
+            zone = parameters.get("linear_zone", 1.0)  # 1: as saved before the zone was a parameter
+            return zone * np.arcsinh((columns - parameters["median"]) / (zone * parameters["spread"]))
 
     else:
         sorted_columns = parameters["sorted_columns"]
