@@ -189,12 +189,19 @@ TASK_MAKERS = {
     "gauss-6.0": ("gaussian, high MI", lambda: gaussian_10x1(6.0)),
     "bimodal-1.0": ("mixture marginals", lambda: gaussian_10x1(1.0, bimodal)),
     "uniform-noise-1x1": ("additive noise", lambda: additive_uniform_noise(0.2)),
-    "student-t-5x5-df2": ("heavy tails", lambda: student_t_task(5, 2)),
-    "student-t-5x5-df2-asinh": ("heavy tails", lambda: student_t_task(5, 2, asinh=True)),
+    **{
+        f"student-t-{dim}x{dim}-df{dof}{'-asinh' if asinh else ''}": (
+            "heavy tails", lambda dim=dim, dof=dof, asinh=asinh: student_t_task(dim, dof, asinh))
+        for dof in (1, 2, 3) for dim in (1, 2, 3, 5) for asinh in (False, True)
+    },
     "radial-10x1": ("radial mixture", lambda: radial_mixture()),
+    "gauss-1x1": ("gaussian, small", lambda: gaussian_task(1, 1.0, dense_pattern)),
+    "gauss-3x3": ("gaussian, small", lambda: gaussian_task(3, 1.0, dense_pattern)),
     "dense-5x5": ("several dimensions", lambda: gaussian_task(5, 0.6, dense_pattern)),
+    "sparse-25x25": ("several dimensions", lambda: gaussian_task(25, 1.0, sparse_pattern)),
     "sparse-25x25-half_cube": ("several dimensions", lambda: gaussian_task(25, 1.0, sparse_pattern, half_cube)),
     "dense-25x25": ("several dimensions", lambda: gaussian_task(25, 1.3, dense_pattern)),
+    "spiral-3x3": ("embedding", lambda: spiral_task(3, 1.0)),
     "spiral-5x5": ("embedding", lambda: spiral_task(5, 1.0)),
     "classes-5x1": ("discrete z", lambda: class_mixture()),
 }
