@@ -125,15 +125,22 @@ from mi_data_processing import (  # noqa: E402
     write_atomically,
 )
 from mi_layers import ACTIVATIONS, training_flops_per_row  # noqa: E402
-from mi_model import ESTIMATORS, MineModel, cross_fitted_interval, cross_selected_estimate  # noqa: E402
+from mi_model import (  # noqa: E402
+    ESTIMATORS,
+    MineModel,
+    cross_fitted_interval,
+    cross_selected_estimate,
+    pooled_selected_estimates,
+)
 
 # Model
 HID_WIDTH = 128  # units in each of T's two hidden layers
 OUT_WIDTH = 1  # outputs of T (1: one score per sample)
 ACTIVATION = "tanh"  # of T's hidden layers: "tanh", "relu" (the reference's), "gelu" or "softplus"
-# Candidate critics trained side by side on every fold, as input map:activation; on each fold the
-# (candidate, epoch) with the highest bound on one held-out half is read on the other half.
-CANDIDATES = "rank:tanh,standardize:relu"
+# Candidate critics trained side by side on every fold, as input map:activation; each fold is read
+# at the (candidate, epoch) with the highest mean held-out bound over the other folds (one split:
+# chosen on one held-out half, read on the other).
+CANDIDATES = "rank:tanh,asinh:relu"
 DATA_DIM = 10  # columns of x
 LATENT_DIM = 1  # columns of z
 ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
@@ -246,7 +253,7 @@ def make_parser():
     data.add_argument("--shuffle_buffer", type=positive(int), default=SHUFFLE_BUFFER, help="rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows")
     data.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
     training = parser.add_argument_group("training")
-    training.add_argument("--batch_size", type=positive(int), default=BATCH_SIZE, help="rows per gradient step")
+    training.add_argument("--batch_size", type=positive(int), default=argparse.SUPPRESS, help=f"rows per gradient step (default: {BATCH_SIZE}, or a fold's training rows where they are fewer)")
     training.add_argument("--n_epoch", type=positive(int), default=N_EPOCH, help="passes over the training rows")
     training.add_argument("--lr", type=positive(float), default=LR, help="learning rate")
     training.add_argument("--lr_schedule", choices=["cosine", "constant"], default=LR_SCHEDULE, help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's")
@@ -277,6 +284,10 @@ def parse_args(argv=None):
         parser.error(f"argument --checkpoint_every: must be 0 or more, got {args.checkpoint_every}")
     if args.checkpoint_seconds < 0:
         parser.error(f"argument --checkpoint_seconds: must be 0 or more, got {args.checkpoint_seconds}")
+    # A small input adapts the defaults it cannot use; what was given stays.
+    args.adaptable = [name for name in ("folds", "batch_size") if name not in args]
+    if "batch_size" not in args:
+        args.batch_size = BATCH_SIZE
     # Both default through each other (SUPPRESS: absent unless given): one
     # split where one was asked for, or where the critics cannot share a device.
     if "folds" not in args:
@@ -331,7 +342,7 @@ def flags_file_text(args):
     """The flags of a run, one per line, as @FILE reads them back."""
     lines = []
     for name, value in vars(args).items():
-        if value is None or name == "resume":
+        if value is None or name in ("resume", "adaptable"):
             continue
         if isinstance(value, bool):
             if name == "jit":
@@ -405,6 +416,39 @@ def resampled_latent_dim(args):
     return args.latent_dim if args.marginal == "resample" else 0
 
 
+MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
+
+
+def small_batch(training_rows):
+    """The default batch for a critic that trains on fewer rows than BATCH_SIZE."""
+    return training_rows
+
+
+def folds_for_rows(args, rows):
+    """Fewer folds than the default where the rows cannot give each fold
+    MIN_HELD_OUT held-out rows; returns the start line's note, if any.
+    Refuses an input too small for any estimate, saying what it needs."""
+    if args.folds == 1 or rows >= MIN_HELD_OUT * args.folds:
+        return []
+    if "folds" not in args.adaptable:
+        fail(f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} held-out "
+             f"rows per fold ({MIN_HELD_OUT * args.folds} rows)")
+    if rows < 2 * MIN_HELD_OUT:
+        fail(f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held out "
+             "by each of two folds")
+    default, args.folds = args.folds, rows // MIN_HELD_OUT
+    return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
+
+
+def batch_for_rows(args, training_rows):
+    """A smaller batch than the default where a critic trains on fewer
+    rows than it; returns the start line's note, if any."""
+    if "batch_size" not in args.adaptable or training_rows >= args.batch_size:
+        return []
+    default, args.batch_size = args.batch_size, small_batch(training_rows)
+    return [f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows"]
+
+
 def split_input(args, rows):
     """(training, held_out) rows, checked to be enough for a batch and an evaluation."""
     training_rows, held_out_rows = split_rows(rows, args.val_fraction, args.seed)
@@ -430,8 +474,9 @@ class TrainingData:
     critic trains on as many as the smallest has).
     """
 
-    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs):
+    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs, adapted=()):
         self.total_rows = total_rows
+        self.adapted = list(adapted)  # the start line's notes on defaults fitted to a small input
         self.training_counts = training_counts
         self.held_out_rows = held_out_rows
         self.transform_parameters = transform_parameters
@@ -444,11 +489,14 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
     """The rows in memory: per fold (one split by --val_fraction, or
     --folds), one critic per candidate (--candidates)."""
     rows = read_input(args, arrays)
+    adapted = folds_for_rows(args, len(rows))
     if args.folds == 1:
+        adapted += batch_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]))
         splits = [split_input(args, rows)]
     else:
         splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
-        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size or len(rows) < 4 * args.folds:
+        adapted += batch_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
+        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
             fail(f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
@@ -464,7 +512,7 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
         for element in epoch_batches(training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
             yield [element]
 
-    return TrainingData(len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs)
+    return TrainingData(len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted)
 
 
 def streamed_data(args, resample_latent_dim):
@@ -483,6 +531,7 @@ def streamed_data(args, resample_latent_dim):
     check_file_against_flags(args, total_rows, file_width)
     held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
     training_rows = total_rows - held_out
+    adapted = batch_for_rows(args, training_rows)
     if training_rows < args.batch_size:
         fail(f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})")
 
@@ -508,7 +557,7 @@ def streamed_data(args, resample_latent_dim):
             yield streamed_epoch(cache_path, file_width, training_rows, args.batch_size, args.seed, epoch,
                                  args.shuffle_buffer, lambda raw: transform(full_width(raw)), resample_latent_dim)
 
-    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs)
+    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
 
 
 def make_optimizer(args, total_steps):
@@ -1143,6 +1192,7 @@ def print_start_line(args, run, data):
         + (f", {run.strategy.num_replicas_in_sync} replicas ({args.strategy})" if run.replicated else "")
         + (f", true MI {run.truth} nats" if run.truth is not None else "")
         + (f"; resumed after epoch {run.first_epoch}" if args.resume else "")
+        + "".join(f"; {note}" for note in data.adapted)
     )
 
 
@@ -1248,23 +1298,20 @@ def write_outputs(args, run, data, outcome, stop):
     names = args.candidates.split(",")
     per_fold = len(names)
     folds = critics // per_fold
-    estimates, winners, best_epochs = [], [], []
-    for fold in range(folds):  # its critics are fold * per_fold ... (fold + 1) * per_fold - 1
-        block = slice(fold * per_fold, (fold + 1) * per_fold)
-        if not len(history):
-            estimates.append(None)
-        elif has_held_out:
-            estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, block, 4], history[:, block, 5])
-            estimates.append(estimate)
-            winners.append([names[chosen_a], names[chosen_b]])
-            best_epochs.append([epoch_a, epoch_b])
-        else:  # parse_args allows no choice without held-out rows: one candidate
-            estimates.append(float(history[-1, fold * per_fold, 0]))
+    estimates, winners, best_epochs = [None] * folds, [], []
+    if len(history) and folds > 1:  # fold k's critics are k * per_fold ... (k + 1) * per_fold - 1
+        estimates, choices = pooled_selected_estimates(history[:, :, 3].reshape(len(history), folds, per_fold))
+        winners, best_epochs = [names[candidate] for _, candidate in choices], [epoch for epoch, _ in choices]
+    elif len(history) and has_held_out:
+        estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, :, 4], history[:, :, 5])
+        estimates, winners, best_epochs = [estimate], [[names[chosen_a], names[chosen_b]]], [[epoch_a, epoch_b]]
+    elif len(history):  # parse_args allows no choice without held-out rows: one candidate
+        estimates = [float(history[-1, 0, 0])]
     chosen = "candidate and epoch" if per_fold > 1 else "epoch"
     if not len(history):
         estimate_from = "no completed epoch"
     elif folds > 1:
-        estimate_from = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other half"
+        estimate_from = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
     elif has_held_out:
         estimate_from = f"held-out bound at the {chosen} chosen on the other half (epochs {best_epochs[0][0]}, {best_epochs[0][1]})"
     else:
@@ -1321,6 +1368,7 @@ def write_outputs(args, run, data, outcome, stop):
         "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
         "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
         "batch_size": args.batch_size,
+        "adapted_to_rows": data.adapted,
         "seed": args.seed,
         "train_seconds": round(outcome.train_seconds, 3),
         "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
@@ -1370,10 +1418,10 @@ def print_final_line(args, summary, winners, seconds):
     if truth is not None:
         estimate_text += f" (true {truth if units == 'nats' else round(truth / NATS_PER_BIT, 4)})"
     chosen = ""
-    if winners and len(summary["candidates"]) > 1:
-        chosen = "; chosen on halves A/B: " + ", ".join(
-            (f"fold {fold + 1} " if folds > 1 else "") + ("/".join(pair) if pair[0] != pair[1] else pair[0])
-            for fold, pair in enumerate(winners))
+    if winners and len(summary["candidates"]) > 1 and folds > 1:
+        chosen = "; chosen on the other folds: " + ", ".join(f"fold {fold + 1} {name}" for fold, name in enumerate(winners))
+    elif winners and len(summary["candidates"]) > 1:
+        chosen = "; chosen on halves A/B: " + ("/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0])
     where = f"; results in {args.output_dir}/" if args.output_dir is not None else ""
     print(f"estimated I(X; Z) = {estimate_text}" + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
           + chosen + f", in {seconds:.1f} s{where}")

@@ -56,6 +56,21 @@ def test_too_few_rows_for_the_folds_names_folds(tmp_path, capsys):
     assert_refused(["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "--folds 5", "--batch_size 90")
 
 
+def test_too_few_rows_for_any_estimate_says_what_is_needed(tmp_path, capsys):
+    path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(7, 22)))
+    assert_refused(["--input", path], capsys, tmp_path, "7 rows", "at least 8")
+
+
+def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, capsys):
+    path = write_rows(tmp_path, make_known_mi_rows(12, 0.5, seed=3)[0])
+    status, out, _ = run_main(["--input", path, "--n_epoch", "2", "--output_dir", str(tmp_path / "out")], capsys)
+    assert status == 0
+    start_line = out.splitlines()[0]
+    assert "3 folds, not 5" in start_line and "not 256" in start_line
+    summary = json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())
+    assert summary["folds"] == 3 and summary["batch_size"] <= 8 and len(summary["adapted_to_rows"]) == 2
+
+
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
     path = tmp_path / "rows.dat"
     path.write_text(" ".join(["1"] * 22) + "\n" + " ".join(["1"] * 21 + ["x1"]) + "\n")
@@ -207,6 +222,14 @@ def test_the_reference_run_on_its_own_sample(tmp_path, capsys, folds):
     status, _, _ = run_main(["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir), *folds], capsys)
     assert status == 0
     assert_reference_files_at_the_top(output_dir, 10)
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")
+def test_the_reference_sample_at_the_defaults(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    status, out, _ = run_main(["--input", SHARED_SAMPLE, "--n_epoch", "3", "--output_dir", str(output_dir)], capsys)
+    assert status == 0 and "not 256: a critic trains on 16 rows" in out.splitlines()[0]
+    assert_reference_files_at_the_top(output_dir, 3)
 
 
 def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path, capsys):
