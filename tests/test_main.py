@@ -147,6 +147,34 @@ def test_start_up_log_keeps_only_what_the_log_level_lets_through():
     assert mi_main.startup_lines_kept("a line of our own\n", 2) == "a line of our own\n"
 
 
+def test_the_xla_cache_loads_known_noise_is_dropped_and_other_errors_kept():
+    noise = (
+        "E0000 00:00:1796220415.038303    5392 text_format.cc:378] Error parsing text-format "
+        "tensorflow.XlaSerializedCacheEntry: 2:1: Expected identifier, got: 5\n"
+        "E0000 00:00:1796220415.124796    5392 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. Target machine "
+        "feature +prefer-no-scatter is not  supported on the host machine.\n"
+    )
+    other = "E0000 00:00:1796220415.124796    5392 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result failed\n"
+    assert mi_main.startup_lines_kept(noise + other, 2, mi_main.CACHE_LOAD_NOISE) == other
+    assert mi_main.startup_lines_kept(noise, 2) == noise
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "per-cpu"), ("", None)])
+def test_the_persistent_xla_cache_lives_per_cpu_and_turns_off(monkeypatch, tmp_path, setting, expected):
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if setting is None:
+        monkeypatch.delenv("MINE_XLA_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("MINE_XLA_CACHE", setting)
+    mi_main.use_persistent_xla_cache()
+    if expected is None:
+        assert "TF_XLA_FLAGS" not in os.environ
+    else:
+        folder = tmp_path / "mi_mine" / "xla" / mi_main.cpu_identity()
+        assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={folder}" and folder.is_dir()
+
+
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
     output_dir = tmp_path / "out"
