@@ -202,6 +202,9 @@ EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluatio
 # Training
 BATCH_SIZE = 256
 N_EPOCH = 100
+# Default runs stop at this many steps per critic, whatever the rows: 100 epochs
+# of a 10,000-row input's 8,000 training rows. More rows buy fewer epochs, not more time.
+STEP_BUDGET = 3200
 LR = 0.003
 OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
 LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
@@ -298,7 +301,7 @@ def make_parser():
     data.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
     training = parser.add_argument_group("training")
     training.add_argument("--batch_size", type=positive(int), default=argparse.SUPPRESS, help=f"rows per gradient step (default: {BATCH_SIZE}, or a fold's training rows where they are fewer)")
-    training.add_argument("--n_epoch", type=positive(int), default=N_EPOCH, help="passes over the training rows")
+    training.add_argument("--n_epoch", type=positive(int), default=argparse.SUPPRESS, help=f"passes over the training rows (default: {N_EPOCH}, or fewer where {STEP_BUDGET:,} steps take fewer)")
     training.add_argument("--lr", type=positive(float), default=LR, help="learning rate")
     training.add_argument("--lr_schedule", choices=["cosine", "constant"], default=LR_SCHEDULE, help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's")
     training.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
@@ -329,9 +332,11 @@ def parse_args(argv=None):
     if args.checkpoint_seconds < 0:
         parser.error(f"argument --checkpoint_seconds: must be 0 or more, got {args.checkpoint_seconds}")
     # A small input adapts the defaults it cannot use; what was given stays.
-    args.adaptable = [name for name in ("folds", "batch_size") if name not in args]
+    args.adaptable = [name for name in ("folds", "batch_size", "n_epoch") if name not in args]
     if "batch_size" not in args:
         args.batch_size = BATCH_SIZE
+    if "n_epoch" not in args:
+        args.n_epoch = N_EPOCH
     # Both default through each other (SUPPRESS: absent unless given): one
     # split where one was asked for, or where the critics cannot share a device.
     if "folds" not in args:
@@ -463,11 +468,6 @@ def resampled_latent_dim(args):
 MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
 
 
-def small_batch(training_rows):
-    """The default batch for a critic that trains on fewer rows than BATCH_SIZE."""
-    return training_rows
-
-
 def folds_for_rows(args, rows):
     """Fewer folds than the default where the rows cannot give each fold
     MIN_HELD_OUT held-out rows; returns the start line's note, if any.
@@ -484,13 +484,19 @@ def folds_for_rows(args, rows):
     return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
 
 
-def batch_for_rows(args, training_rows):
-    """A smaller batch than the default where a critic trains on fewer
-    rows than it; returns the start line's note, if any."""
-    if "batch_size" not in args.adaptable or training_rows >= args.batch_size:
-        return []
-    default, args.batch_size = args.batch_size, small_batch(training_rows)
-    return [f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows"]
+def batch_and_epochs_for_rows(args, training_rows):
+    """A default batch cut to a critic's training rows where they are fewer
+    (all of them: smaller batches read lower on 300 rows), and fewer default
+    epochs where STEP_BUDGET steps take fewer; returns the start line's notes."""
+    notes = []
+    if "batch_size" in args.adaptable and training_rows < args.batch_size:
+        default, args.batch_size = args.batch_size, training_rows
+        notes.append(f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows")
+    steps = -(-training_rows // args.batch_size)
+    if "n_epoch" in args.adaptable and steps * args.n_epoch > STEP_BUDGET:
+        default, args.n_epoch = args.n_epoch, max(1, -(-STEP_BUDGET // steps))
+        notes.append(f"{args.n_epoch} epochs, not {default}: {STEP_BUDGET:,} steps of {steps:,} an epoch")
+    return notes
 
 
 def split_input(args, rows):
@@ -535,11 +541,11 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
     rows = read_input(args, arrays)
     adapted = folds_for_rows(args, len(rows))
     if args.folds == 1:
-        adapted += batch_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]))
+        adapted += batch_and_epochs_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]))
         splits = [split_input(args, rows)]
     else:
         splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
-        adapted += batch_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
+        adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
         if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
             fail(f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
     sample_width = args.data_dim + args.latent_dim
@@ -575,7 +581,7 @@ def streamed_data(args, resample_latent_dim):
     check_file_against_flags(args, total_rows, file_width)
     held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
     training_rows = total_rows - held_out
-    adapted = batch_for_rows(args, training_rows)
+    adapted = batch_and_epochs_for_rows(args, training_rows)
     if training_rows < args.batch_size:
         fail(f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})")
 

@@ -71,6 +71,16 @@ def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, 
     assert summary["folds"] == 3 and summary["batch_size"] <= 8 and len(summary["adapted_to_rows"]) == 2
 
 
+def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
+    args = mi_main.parse_args(["--batch_size", "8"])
+    notes = mi_main.batch_and_epochs_for_rows(args, 1600)  # 200 steps an epoch
+    assert args.n_epoch == mi_main.STEP_BUDGET // 200 and notes == [f"16 epochs, not {mi_main.N_EPOCH}: 3,200 steps of 200 an epoch"]
+    args = mi_main.parse_args(["--batch_size", "8", "--n_epoch", "100"])
+    assert mi_main.batch_and_epochs_for_rows(args, 1600) == [] and args.n_epoch == 100
+    args = mi_main.parse_args([])
+    assert mi_main.batch_and_epochs_for_rows(args, 8000) == [] and args.n_epoch == mi_main.N_EPOCH  # 10,000 rows: as before
+
+
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
     path = tmp_path / "rows.dat"
     path.write_text(" ".join(["1"] * 22) + "\n" + " ".join(["1"] * 21 + ["x1"]) + "\n")
