@@ -174,6 +174,8 @@ from mi_model import (  # noqa: E402
     MineModel,
     cross_fitted_interval,
     cross_selected_estimate,
+    held_out_stderr,
+    normal_interval,
     pooled_selected_estimates,
 )
 
@@ -696,6 +698,35 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
     bounds = model.bound(tf.reshape(joint_scores, [-1, most_rows, out_width]),
                          tf.reshape(marginal_scores, [-1, most_rows, out_width]), tf.reshape(mask, [-1, most_rows]))[0]
     return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
+
+
+def held_out_scores(model, held_out_rows, seed, passes, resample_latent_dim):
+    """Each critic's scores on its held-out rows [critics, rows, columns]
+    (all real): (T on the rows [critics, rows, outputs], T on their
+    marginal pairings [critics, passes, rows, outputs]), the pairings drawn
+    as held_out_bounds draws them (an epoch of its own: 0)."""
+    rows = tf.constant(held_out_rows)
+    critics, count, _ = rows.shape
+    width = model.sample_width
+    counts = tf.fill([critics], count)
+    if resample_latent_dim:
+        paired = tf.stack([shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)], axis=1)
+    else:  # the file's own marginal half
+        paired = rows[:, None]
+    joint_scores = model.statistics_network(rows[..., :width])
+    marginal_scores = model.statistics_network(tf.reshape(paired[..., width:], [critics, -1, width]))
+    return joint_scores.numpy(), marginal_scores.numpy().reshape(critics, paired.shape[1], count, -1)
+
+
+def one_split_stderr(args, run, data, chosen):
+    """The standard error of a one-split estimate: held_out_stderr of the
+    critics chosen on the two halves (indices `chosen`), on every held-out
+    row, at the last epoch's weights: the run keeps no earlier ones, and
+    late epochs differ little under the cosine schedule."""
+    passes = args.eval_permutations if resampled_latent_dim(args) else 1
+    joint, marginal = held_out_scores(run.compiled.model, np.stack(data.held_out_rows), tf.constant(args.seed, tf.int64),
+                                      passes, resampled_latent_dim(args))
+    return float(np.mean([held_out_stderr(joint[k], marginal[k], args.estimator) for k in chosen]))
 
 
 class CompiledCritics:
@@ -1357,6 +1388,7 @@ def write_outputs(args, run, data, outcome, stop):
     elif len(history) and has_held_out:
         estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, :, 4], history[:, :, 5])
         estimates, winners, best_epochs = [estimate], [[names[chosen_a], names[chosen_b]]], [[epoch_a, epoch_b]]
+        stderr = one_split_stderr(args, run, data, sorted({chosen_a, chosen_b}))
     elif len(history):  # parse_args allows no choice without held-out rows: one candidate
         estimates = [float(history[-1, 0, 0])]
     chosen = "candidate and epoch" if per_fold > 1 else "epoch"
@@ -1405,6 +1437,9 @@ def write_outputs(args, run, data, outcome, stop):
         interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None), None)
         summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), mi_lower_95=interval[3],
                        fold_estimates=estimates)
+    elif len(history) and has_held_out:
+        interval, lower = normal_interval(estimates[0], stderr)
+        summary.update(mi_stderr=stderr, mi_ci95=list(interval), mi_lower_95=lower)
     if per_fold > 1:
         summary.update(fold_winners=winners, fold_best_epochs=best_epochs)
     held_out_counts = [len(rows) for rows in data.held_out_rows]
@@ -1460,10 +1495,11 @@ def in_units(summary, units):
 def print_final_line(args, summary, winners, seconds):
     units, folds = summary["units"], summary["folds"]
     mi_estimate = summary["mi_estimate"]
-    if folds > 1:
+    if "mi_ci95" in summary:
         low, high = summary["mi_ci95"]
         estimate_text = (f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, "
-                         f"at least {summary['mi_lower_95']:.4f} with 95 % confidence, {folds} folds)")
+                         f"at least {summary['mi_lower_95']:.4f} with 95 % confidence, "
+                         + (f"{folds} folds)" if folds > 1 else "one split)"))
     else:
         estimate_text = f"{mi_estimate:.4f} {units}"
     truth = summary["true_mi_nats"]

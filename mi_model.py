@@ -181,6 +181,32 @@ def pooled_selected_estimates(bounds):
     return estimates, choices
 
 
+def held_out_stderr(joint_scores, marginal_scores, estimator="mine"):
+    """The sampling standard error of a critic's bound on n held-out rows,
+    by the delta method over the rows: joint_scores [n, outputs] are T on
+    the rows, marginal_scores [passes, n, outputs] T on each row's marginal
+    pairings. Row i moves the Donsker-Varadhan bound by its influence
+    T_i - mean exp T'_i / mean exp T' (MINE-f's bound: T_i - mean
+    exp(T'_i - 1)); the bound's variance is the influences' variance / n.
+    Rows share z_bar through the pairings, which this neglects.
+    """
+    joint = np.asarray(joint_scores, np.float64).reshape(len(joint_scores), -1).mean(axis=1)
+    marginal = np.asarray(marginal_scores, np.float64)
+    marginal = marginal.reshape(marginal.shape[0], marginal.shape[1], -1)
+    if estimator == "mine_f":
+        influence = joint - np.exp(marginal - 1.0).mean(axis=(0, 2))
+    else:
+        weights = np.exp(marginal - marginal.max())
+        influence = joint - weights.mean(axis=(0, 2)) / weights.mean()
+    return float(influence.std(ddof=1) / np.sqrt(len(joint)))
+
+
+def normal_interval(estimate, stderr):
+    """(95 % interval, 95 % lower confidence bound) of a normal estimate."""
+    half_width = NORMAL_QUANTILES[0.975] * stderr
+    return (estimate - half_width, estimate + half_width), estimate - NORMAL_QUANTILES[0.95] * stderr
+
+
 # Quantiles of Student's t by probability and degrees of freedom.
 T_QUANTILES = {
     0.975: {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228},
