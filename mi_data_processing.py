@@ -95,7 +95,9 @@ def checked_array(values, where, row_offset=0):
         raise InputError(f"{where}: expected a 2-D array of rows, got shape {tuple(rows.shape)}")
     finite = np.isfinite(rows).all(axis=1)
     if not finite.all():
-        raise InputError(f"{where}, row {row_offset + int(np.argmin(finite)) + 1}: NaN or infinity (or a number beyond float32 range)")
+        raise InputError(
+            f"{where}, row {row_offset + int(np.argmin(finite)) + 1}: NaN or infinity (or a number beyond float32 range)"
+        )
     return rows
 
 
@@ -119,7 +121,9 @@ def load_npz(path):
         with np.load(path, allow_pickle=False) as arrays:
             missing = [name for name in ("x", "z") if name not in arrays.files]
             if missing:
-                raise InputError(f"{path}: no array named '{missing[0]}' (it holds: {', '.join(arrays.files) or 'nothing'})")
+                raise InputError(
+                    f"{path}: no array named '{missing[0]}' (it holds: {', '.join(arrays.files) or 'nothing'})"
+                )
             x, z = checked_array(arrays["x"], f"{path}, array x"), checked_array(arrays["z"], f"{path}, array z")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -147,7 +151,9 @@ def parse_columns(spec, header, path, flag):
             if span and span[-1] < len(header):
                 indices.extend(span)
                 continue
-        raise InputError(f"{path}: {flag} names no column '{part}' (columns: {', '.join(header)}; or 0-based indices and ranges such as 0-{len(header) - 1})")
+        raise InputError(
+            f"{path}: {flag} names no column '{part}' (columns: {', '.join(header)}; or 0-based indices and ranges such as 0-{len(header) - 1})"
+        )
     return indices
 
 
@@ -170,8 +176,10 @@ def load_table(path, x_columns, z_columns, data_dim, latent_dim):
     header = [name.strip() for name in lines[0]]
     if x_columns is None and z_columns is None:
         if len(header) != data_dim + latent_dim:
-            raise InputError(f"{path}: {len(header)} columns; name the columns of x and z with --x_columns and --z_columns "
-                             f"(or give a table of exactly --data_dim + --latent_dim = {data_dim + latent_dim} columns)")
+            raise InputError(
+                f"{path}: {len(header)} columns; name the columns of x and z with --x_columns and --z_columns "
+                f"(or give a table of exactly --data_dim + --latent_dim = {data_dim + latent_dim} columns)"
+            )
         chosen_x, chosen_z = list(range(data_dim)), list(range(data_dim, len(header)))
     elif x_columns is None or z_columns is None:
         raise InputError(f"{path}: give both --x_columns and --z_columns")
@@ -190,7 +198,9 @@ def load_table(path, x_columns, z_columns, data_dim, latent_dim):
             try:
                 row.append(float(cell))
             except ValueError:
-                raise InputError(f"{path}, line {line_number}, column '{header[column]}': '{cell}' is not a number") from None
+                raise InputError(
+                    f"{path}, line {line_number}, column '{header[column]}': '{cell}' is not a number"
+                ) from None
         values.append(row)
     if not values:
         raise InputError(f"{path}: no data rows")
@@ -294,7 +304,9 @@ def make_transform(kind, parameters, sample_width):
 
     def transform(rows):
         rows = rows.astype(np.float64)
-        return np.concatenate([column_map(rows[:, :sample_width]), column_map(rows[:, sample_width:])], axis=1).astype(np.float32)
+        return np.concatenate([column_map(rows[:, :sample_width]), column_map(rows[:, sample_width:])], axis=1).astype(
+            np.float32
+        )
 
     return transform
 
@@ -472,7 +484,9 @@ def build_cache(path, columns, cache_dir):
         expected = description["rows"] * description["width"] * 4
         size = os.path.getsize(cache_path) if os.path.exists(cache_path) else None
         if size != expected:
-            raise InputError(f"{cache_path}: cache is corrupt ({size} bytes, expected {expected}); delete it to rebuild the cache")
+            raise InputError(
+                f"{cache_path}: cache is corrupt ({size} bytes, expected {expected}); delete it to rebuild the cache"
+            )
         return cache_path, description["rows"], description["width"]
 
     width, rows = _first_row_width(path), 0
@@ -484,7 +498,9 @@ def build_cache(path, columns, cache_dir):
             chunks = without_autotune(
                 tf.data.TextLineDataset(path)
                 .batch(CACHE_LINES_PER_CHUNK)
-                .map(lambda lines: _parse_lines(lines, width), num_parallel_calls=os.cpu_count() or 1, deterministic=True)
+                .map(
+                    lambda lines: _parse_lines(lines, width), num_parallel_calls=os.cpu_count() or 1, deterministic=True
+                )
             )
             for values in chunks:
                 values = values.numpy()
@@ -519,11 +535,14 @@ def _first_row_width(path):
 def read_cached_rows(cache_path, width, first_row, count):
     """Rows [first_row, first_row + count) of a cache, read from the file
     (not memory-mapped, so that they do not stay resident)."""
-    return np.fromfile(cache_path, dtype=np.float32, count=count * width, offset=first_row * width * 4).reshape(count, width)
+    return np.fromfile(cache_path, dtype=np.float32, count=count * width, offset=first_row * width * 4).reshape(
+        count, width
+    )
 
 
-def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, shuffle_buffer, transform,
-                   resample_latent_dim=0):
+def streamed_epoch(
+    cache_path, width, training_rows, batch_size, seed, epoch, shuffle_buffer, transform, resample_latent_dim=0
+):
     """One epoch of the training rows [0, training_rows) of a cache, as a
     tf.data pipeline of (batches, batch_rows) chunks for one critic, as
     epoch_batches makes them (every batch full), in bounded memory.
@@ -542,11 +561,15 @@ def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, sh
     shard_starts = np.arange(0, training_rows, SHARD_ROWS)
     shards_per_window = max(1, shuffle_buffer // SHARD_ROWS)
     order = np.random.default_rng([seed, epoch]).permutation(len(shard_starts))
-    windows = [shard_starts[order[first : first + shards_per_window]] for first in range(0, len(order), shards_per_window)]
+    windows = [
+        shard_starts[order[first : first + shards_per_window]] for first in range(0, len(order), shards_per_window)
+    ]
 
     def window_batches(index):
         starts = windows[int(index)]
-        rows = np.concatenate([read_cached_rows(cache_path, width, start, min(SHARD_ROWS, training_rows - start)) for start in starts])
+        rows = np.concatenate(
+            [read_cached_rows(cache_path, width, start, min(SHARD_ROWS, training_rows - start)) for start in starts]
+        )
         rows = transform(rows)[np.random.default_rng([seed, epoch, int(index)]).permutation(len(rows))]
         steps = len(rows) // batch_size
         return rows[: steps * batch_size].reshape(steps, batch_size, rows.shape[1])
@@ -555,13 +578,17 @@ def streamed_epoch(cache_path, width, training_rows, batch_size, seed, epoch, sh
         full = tf.numpy_function(window_batches, [index], tf.float32, stateful=False)
         full = tf.ensure_shape(full, [None, batch_size, None])
         if resample_latent_dim:
-            full = tf.concat([full[:, :, :-resample_latent_dim], tf.roll(full[:, :, -resample_latent_dim:], 1, axis=1)], axis=2)
+            full = tf.concat(
+                [full[:, :, :-resample_latent_dim], tf.roll(full[:, :, -resample_latent_dim:], 1, axis=1)], axis=2
+            )
         return full[None], tf.fill(tf.shape(full)[:1], batch_size)  # one critic, every batch full
 
     return without_autotune(tf.data.Dataset.range(len(windows)).map(element).prefetch(1))
 
 
-def make_known_mi_rows(n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"):
+def make_known_mi_rows(
+    n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"
+):
     """Rows in the 22-column layout whose true I(X; Z) is `mi_nats`.
 
     x ~ N(0, S) with S = (1 - correlation) I + correlation (all ones), and
@@ -644,10 +671,29 @@ def main(argv=None):
     parser.add_argument("--mi", type=float, default=1.0, help="true I(X; Z) in nats (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=4000, help="number of rows (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--correlation", type=float, default=0.0, help="correlation between any two coordinates of x, in [0, 1) (default: %(default)s)")
-    parser.add_argument("--x_distortion", choices=sorted(DISTORTIONS), default="identity", help="invertible map applied to each coordinate of x (default: %(default)s)")
-    parser.add_argument("--z_distortion", choices=sorted(DISTORTIONS), default="identity", help="invertible map applied to z (default: %(default)s)")
-    parser.add_argument("--output", default="data/input_set.dat", help="row file to write; a .json description goes beside it (default: %(default)s)")
+    parser.add_argument(
+        "--correlation",
+        type=float,
+        default=0.0,
+        help="correlation between any two coordinates of x, in [0, 1) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--x_distortion",
+        choices=sorted(DISTORTIONS),
+        default="identity",
+        help="invertible map applied to each coordinate of x (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--z_distortion",
+        choices=sorted(DISTORTIONS),
+        default="identity",
+        help="invertible map applied to z (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        default="data/input_set.dat",
+        help="row file to write; a .json description goes beside it (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.mi < 0:
         parser.error("argument --mi: must be zero or more")
@@ -655,7 +701,9 @@ def main(argv=None):
         parser.error("argument --rows: must be a positive integer")
     if not 0 <= args.correlation < 1:
         parser.error("argument --correlation: must be in [0, 1)")
-    rows, description = make_known_mi_rows(args.rows, args.mi, args.seed, 10, args.correlation, args.x_distortion, args.z_distortion)
+    rows, description = make_known_mi_rows(
+        args.rows, args.mi, args.seed, 10, args.correlation, args.x_distortion, args.z_distortion
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_rows(args.output, rows)
     save_json(sidecar_path(args.output), description)

@@ -36,8 +36,10 @@ LOG_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called
 # Records TensorFlow 2.21 logs as errors on every load from XLA's persistent
 # cache on a CPU, though the load succeeds: a text-format attempt before the
 # binary one, and tuning options (+prefer-no-scatter) taken for CPU features.
-CACHE_LOAD_NOISE = re.compile(r"(Error parsing text-format tensorflow\.XlaSerializedCacheEntry|"
-                              r"Loading XLA:CPU AOT result\. Target machine feature \+prefer-no-(scatter|gather) )")
+CACHE_LOAD_NOISE = re.compile(
+    r"(Error parsing text-format tensorflow\.XlaSerializedCacheEntry|"
+    r"Loading XLA:CPU AOT result\. Target machine feature \+prefer-no-(scatter|gather) )"
+)
 
 
 def startup_lines_kept(text, min_level, dropped=None):
@@ -197,7 +199,9 @@ X_COLUMNS = None  # of a .csv/.tsv input: names, 0-based indices or ranges ("0-9
 Z_COLUMNS = None  # of a .csv/.tsv input; None: the latent_dim after x's
 DATA_SIZE = None  # rows expected in the input; None takes the file's count
 FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
-VAL_FRACTION = 0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
+VAL_FRACTION = (
+    0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
+)
 TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
 MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
 EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
@@ -283,45 +287,167 @@ def make_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
     model.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=argparse.SUPPRESS, help=f"of T's hidden layers (relu: the reference's); with --transform, one fixed critic instead of --candidates (default: {ACTIVATION})")
-    model.add_argument("--candidates", type=candidate_list, default=argparse.SUPPRESS, help=f"critics trained side by side on every fold, each TRANSFORM:ACTIVATION; the one with the highest held-out bound is chosen per fold; one candidate: a fixed critic (default: {CANDIDATES}, or {TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)")
+    model.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=argparse.SUPPRESS,
+        help=f"of T's hidden layers (relu: the reference's); with --transform, one fixed critic instead of --candidates (default: {ACTIVATION})",
+    )
+    model.add_argument(
+        "--candidates",
+        type=candidate_list,
+        default=argparse.SUPPRESS,
+        help=f"critics trained side by side on every fold, each TRANSFORM:ACTIVATION; the one with the highest held-out bound is chosen per fold; one candidate: a fixed critic (default: {CANDIDATES}, or {TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)",
+    )
     model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
     model.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
-    model.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATOR, help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound")
+    model.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=ESTIMATOR,
+        help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound",
+    )
     model.add_argument("--ema_rate", type=fraction, default=EMA_RATE, help="moving-average rate of --estimator mine")
     data = parser.add_argument_group("data")
-    data.add_argument("--input", default=INPUT, help="the samples: a row file (.dat, .txt: x, z, x_bar, z_bar per line, or x, z alone; .npy: one such array), a .npz with arrays x and z, or a .csv/.tsv table with a header (see --x_columns)")
-    data.add_argument("--x_columns", default=X_COLUMNS, help="with a .csv or .tsv --input: the columns of x, as header names, 0-based indices or ranges such as 0-9, comma-separated (None: the first --data_dim)")
-    data.add_argument("--z_columns", default=Z_COLUMNS, help="with a .csv or .tsv --input: the columns of z, as --x_columns (None: the --latent_dim after x's)")
-    data.add_argument("--data_size", type=positive(int), default=DATA_SIZE, help="rows expected in --input (None: take the file's count)")
-    data.add_argument("--folds", type=positive(int), default=argparse.SUPPRESS, help=f"cross-fit over this many folds: the estimate is their mean, with a standard error, a 95%% interval and a 95%% lower confidence bound; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)")
-    data.add_argument("--val_fraction", type=fraction, default=argparse.SUPPRESS, help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})")
-    data.add_argument("--transform", choices=TRANSFORMS, default=argparse.SUPPRESS, help=f"per-column map fitted on the training rows; with --activation, one fixed critic instead of --candidates (default: {TRANSFORM})")
-    data.add_argument("--marginal", choices=["resample", "file"], default=MARGINAL, help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is")
-    data.add_argument("--cache_dir", default=CACHE_DIR, help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)")
-    data.add_argument("--shuffle_buffer", type=positive(int), default=SHUFFLE_BUFFER, help="rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows")
-    data.add_argument("--eval_permutations", type=positive(int), default=EVAL_PERMUTATIONS, help="fresh marginal pairings averaged per held-out evaluation")
+    data.add_argument(
+        "--input",
+        default=INPUT,
+        help="the samples: a row file (.dat, .txt: x, z, x_bar, z_bar per line, or x, z alone; .npy: one such array), a .npz with arrays x and z, or a .csv/.tsv table with a header (see --x_columns)",
+    )
+    data.add_argument(
+        "--x_columns",
+        default=X_COLUMNS,
+        help="with a .csv or .tsv --input: the columns of x, as header names, 0-based indices or ranges such as 0-9, comma-separated (None: the first --data_dim)",
+    )
+    data.add_argument(
+        "--z_columns",
+        default=Z_COLUMNS,
+        help="with a .csv or .tsv --input: the columns of z, as --x_columns (None: the --latent_dim after x's)",
+    )
+    data.add_argument(
+        "--data_size",
+        type=positive(int),
+        default=DATA_SIZE,
+        help="rows expected in --input (None: take the file's count)",
+    )
+    data.add_argument(
+        "--folds",
+        type=positive(int),
+        default=argparse.SUPPRESS,
+        help=f"cross-fit over this many folds: the estimate is their mean, with a standard error, a 95%% interval and a 95%% lower confidence bound; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)",
+    )
+    data.add_argument(
+        "--val_fraction",
+        type=fraction,
+        default=argparse.SUPPRESS,
+        help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})",
+    )
+    data.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default=argparse.SUPPRESS,
+        help=f"per-column map fitted on the training rows; with --activation, one fixed critic instead of --candidates (default: {TRANSFORM})",
+    )
+    data.add_argument(
+        "--marginal",
+        choices=["resample", "file"],
+        default=MARGINAL,
+        help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is",
+    )
+    data.add_argument(
+        "--cache_dir",
+        default=CACHE_DIR,
+        help="stream the input in bounded memory from a binary cache built here once (None: load it into memory)",
+    )
+    data.add_argument(
+        "--shuffle_buffer",
+        type=positive(int),
+        default=SHUFFLE_BUFFER,
+        help="rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows",
+    )
+    data.add_argument(
+        "--eval_permutations",
+        type=positive(int),
+        default=EVAL_PERMUTATIONS,
+        help="fresh marginal pairings averaged per held-out evaluation",
+    )
     training = parser.add_argument_group("training")
-    training.add_argument("--batch_size", type=positive(int), default=argparse.SUPPRESS, help=f"rows per gradient step (default: {BATCH_SIZE}, or a fold's training rows where they are fewer)")
-    training.add_argument("--n_epoch", type=positive(int), default=argparse.SUPPRESS, help=f"passes over the training rows (default: {N_EPOCH}, or fewer where {STEP_BUDGET:,} steps take fewer)")
+    training.add_argument(
+        "--batch_size",
+        type=positive(int),
+        default=argparse.SUPPRESS,
+        help=f"rows per gradient step (default: {BATCH_SIZE}, or a fold's training rows where they are fewer)",
+    )
+    training.add_argument(
+        "--n_epoch",
+        type=positive(int),
+        default=argparse.SUPPRESS,
+        help=f"passes over the training rows (default: {N_EPOCH}, or fewer where {STEP_BUDGET:,} steps take fewer)",
+    )
     training.add_argument("--lr", type=positive(float), default=LR, help="learning rate")
-    training.add_argument("--lr_schedule", choices=["cosine", "constant"], default=LR_SCHEDULE, help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's")
+    training.add_argument(
+        "--lr_schedule",
+        choices=["cosine", "constant"],
+        default=LR_SCHEDULE,
+        help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's",
+    )
     training.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
     training.add_argument("--seed", type=int, default=SEED, help="seeds the split, the weights and the shuffles")
-    training.add_argument("--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA")
-    training.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default=STRATEGY, help="tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the TF_CONFIG environment variable")
-    training.add_argument("--cpu_replicas", type=positive(int), default=CPU_REPLICAS, help="replicas of --strategy mirrored on a machine without GPUs")
-    training.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output_dir to --n_epoch epochs")
+    training.add_argument(
+        "--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA"
+    )
+    training.add_argument(
+        "--strategy",
+        choices=["default", "mirrored", "multi_worker"],
+        default=STRATEGY,
+        help="tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the TF_CONFIG environment variable",
+    )
+    training.add_argument(
+        "--cpu_replicas",
+        type=positive(int),
+        default=CPU_REPLICAS,
+        help="replicas of --strategy mirrored on a machine without GPUs",
+    )
+    training.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --output_dir to --n_epoch epochs"
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", default=OUTPUT_DIR, help="where results, checkpoints and flags.txt are written (created if missing)")
+    output.add_argument(
+        "--output_dir",
+        default=OUTPUT_DIR,
+        help="where results, checkpoints and flags.txt are written (created if missing)",
+    )
     output.add_argument("--logdir", default=LOGDIR, help="TensorBoard event files (None: OUTPUT_DIR/logs)")
-    output.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY, help="epochs between checkpoints; 0: none")
-    output.add_argument("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS, help="at most one checkpoint per this many seconds, the last epoch's always saved; 0: no limit (a save costs about as much as a 3,000-row epoch)")
-    output.add_argument("--keep_checkpoints", type=positive(int), default=KEEP_CHECKPOINTS, help="how many of the latest checkpoints to keep")
-    output.add_argument("--plot", action="store_true", help=f"write {PLOT_FILE}, the estimate per epoch (needs matplotlib)")
+    output.add_argument(
+        "--checkpoint_every", type=int, default=CHECKPOINT_EVERY, help="epochs between checkpoints; 0: none"
+    )
+    output.add_argument(
+        "--checkpoint_seconds",
+        type=float,
+        default=CHECKPOINT_SECONDS,
+        help="at most one checkpoint per this many seconds, the last epoch's always saved; 0: no limit (a save costs about as much as a 3,000-row epoch)",
+    )
+    output.add_argument(
+        "--keep_checkpoints",
+        type=positive(int),
+        default=KEEP_CHECKPOINTS,
+        help="how many of the latest checkpoints to keep",
+    )
+    output.add_argument(
+        "--plot", action="store_true", help=f"write {PLOT_FILE}, the estimate per epoch (needs matplotlib)"
+    )
     output.add_argument("--quiet", action="store_true", help="print only the final line")
-    output.add_argument("--units", choices=["nats", "bits"], default=UNITS, help="of the final line and summary.json's estimates (the per-epoch files stay in nats)")
-    output.add_argument("--evaluate_only", metavar="CRITIC", help=f"no training: load a saved {CRITIC_FILE} and report its bound on --input")
+    output.add_argument(
+        "--units",
+        choices=["nats", "bits"],
+        default=UNITS,
+        help="of the final line and summary.json's estimates (the per-epoch files stay in nats)",
+    )
+    output.add_argument(
+        "--evaluate_only",
+        metavar="CRITIC",
+        help=f"no training: load a saved {CRITIC_FILE} and report its bound on --input",
+    )
     return parser
 
 
@@ -356,7 +482,9 @@ def parse_args(argv=None):
         alone = args.cache_dir or args.strategy != "default" or (args.folds == 1 and args.val_fraction == 0)
         args.candidates = f"{TRANSFORM}:{ACTIVATION}" if alone else CANDIDATES
     if args.folds == 1 and args.val_fraction == 0 and "," in args.candidates:
-        parser.error("argument --candidates: choosing among candidates needs held-out rows (--val_fraction above 0, or --folds)")
+        parser.error(
+            "argument --candidates: choosing among candidates needs held-out rows (--val_fraction above 0, or --folds)"
+        )
     args.transform = args.activation = None
     return args
 
@@ -367,7 +495,8 @@ def candidate_list(text):
         transform, _, activation = candidate.partition(":")
         if transform not in TRANSFORMS or activation not in ACTIVATIONS:
             raise argparse.ArgumentTypeError(
-                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION in {', '.join(ACTIVATIONS)}")
+                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION in {', '.join(ACTIVATIONS)}"
+            )
     if len(set(text.split(","))) != len(text.split(",")):
         raise argparse.ArgumentTypeError(f"'{text}' names a candidate twice")
     return text
@@ -384,7 +513,9 @@ def critic_folders(args, folds):
     folders = []
     for fold in range(folds):
         for transform, activation in candidates(args):
-            parts = ([f"fold-{fold + 1}"] if folds > 1 else []) + ([f"{transform}-{activation}"] if len(candidates(args)) > 1 else [])
+            parts = ([f"fold-{fold + 1}"] if folds > 1 else []) + (
+                [f"{transform}-{activation}"] if len(candidates(args)) > 1 else []
+            )
             folders.append(os.path.join(*parts))
     return folders
 
@@ -428,15 +559,24 @@ def read_input(args, arrays=None):
     if arrays is not None:
         x, z = arrays
         # a width given that is not the default must agree with the data's
-        for flag, variable, width, default in (("data_dim", "x", x.shape[1], DATA_DIM), ("latent_dim", "z", z.shape[1], LATENT_DIM)):
+        for flag, variable, width, default in (
+            ("data_dim", "x", x.shape[1], DATA_DIM),
+            ("latent_dim", "z", z.shape[1], LATENT_DIM),
+        ):
             if getattr(args, flag) not in (width, default):
-                fail(f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} columns")
+                fail(
+                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} columns"
+                )
         args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
         rows = np.concatenate([x, z], axis=1).astype(np.float32)
     else:
         width = args.data_dim + args.latent_dim
         try:
-            rows = load_npy(args.input, (2 * width, width)) if suffix == ".npy" else load_rows(args.input, (2 * width, width))
+            rows = (
+                load_npy(args.input, (2 * width, width))
+                if suffix == ".npy"
+                else load_rows(args.input, (2 * width, width))
+            )
         except InputError as error:
             message = str(error)
             if "columns, expected" in message:
@@ -454,7 +594,9 @@ def check_file_against_flags(args, total_rows, file_width):
     if args.data_size is not None and args.data_size != total_rows:
         fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
     if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
-        fail(f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone ({file_width} columns)")
+        fail(
+            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone ({file_width} columns)"
+        )
 
 
 def input_name(args):
@@ -477,11 +619,15 @@ def folds_for_rows(args, rows):
     if args.folds == 1 or rows >= MIN_HELD_OUT * args.folds:
         return []
     if "folds" not in args.adaptable:
-        fail(f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} held-out "
-             f"rows per fold ({MIN_HELD_OUT * args.folds} rows)")
+        fail(
+            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} held-out "
+            f"rows per fold ({MIN_HELD_OUT * args.folds} rows)"
+        )
     if rows < 2 * MIN_HELD_OUT:
-        fail(f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held out "
-             "by each of two folds")
+        fail(
+            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held out "
+            "by each of two folds"
+        )
     default, args.folds = args.folds, rows // MIN_HELD_OUT
     return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
 
@@ -510,7 +656,9 @@ def split_input(args, rows):
             f"{args.val_fraction}: fewer than one batch (--batch_size {args.batch_size})"
         )
     if args.val_fraction > 0 and len(held_out_rows) < 4:
-        fail(f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are needed")
+        fail(
+            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are needed"
+        )
     return training_rows, held_out_rows
 
 
@@ -549,7 +697,9 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
         splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
         adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
         if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
-            fail(f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}")
+            fail(
+                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}"
+            )
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
@@ -561,10 +711,14 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
             parameters_per_critic.append(parameters)
 
     def epochs(first_epoch):
-        for element in epoch_batches(training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim):
+        for element in epoch_batches(
+            training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim
+        ):
             yield [element]
 
-    return TrainingData(len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted)
+    return TrainingData(
+        len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted
+    )
 
 
 def streamed_data(args, resample_latent_dim):
@@ -585,7 +739,9 @@ def streamed_data(args, resample_latent_dim):
     training_rows = total_rows - held_out
     adapted = batch_and_epochs_for_rows(args, training_rows)
     if training_rows < args.batch_size:
-        fail(f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})")
+        fail(
+            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})"
+        )
 
     def full_width(raw):
         return np.concatenate([raw, raw], axis=1) if file_width == width else raw
@@ -599,15 +755,24 @@ def streamed_data(args, resample_latent_dim):
     for start in range(0, training_rows, SHARD_ROWS):
         shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
         sample.append(shard[rng.random(len(shard)) < keep])
-    (kind, _), = candidates(args)  # run() refuses several with --cache_dir
+    ((kind, _),) = candidates(args)  # run() refuses several with --cache_dir
     parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
     transform = make_transform(kind, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
 
     def epochs(first_epoch):
         for epoch in range(first_epoch, args.n_epoch):
-            yield streamed_epoch(cache_path, file_width, training_rows, args.batch_size, args.seed, epoch,
-                                 args.shuffle_buffer, lambda raw: transform(full_width(raw)), resample_latent_dim)
+            yield streamed_epoch(
+                cache_path,
+                file_width,
+                training_rows,
+                args.batch_size,
+                args.seed,
+                epoch,
+                args.shuffle_buffer,
+                lambda raw: transform(full_width(raw)),
+                resample_latent_dim,
+            )
 
     return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
 
@@ -683,20 +848,32 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
     groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
     group_counts = tf.reshape(counts, [-1])
     if resample_latent_dim:
-        paired = tf.stack([shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
-                           for stream in range(1, passes + 1)])  # [passes, groups, most_rows, columns]
+        paired = tf.stack(
+            [
+                shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
+                for stream in range(1, passes + 1)
+            ]
+        )  # [passes, groups, most_rows, columns]
     else:  # the file's own marginal half
         paired = groups[None]
     joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
     marginal_scores = model.statistics_network(
-        tf.reshape(tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
-                   [critics, passes * parts * most_rows, width]))
+        tf.reshape(
+            tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
+            [critics, passes * parts * most_rows, width],
+        )
+    )
     out_width = joint_scores.shape[-1]
     # a group per (critic, pass, part): the bound of each, then the mean over the passes
     joint_scores = tf.tile(tf.reshape(joint_scores, [critics, 1, parts, most_rows, out_width]), [1, passes, 1, 1, 1])
-    mask = tf.tile(tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1])
-    bounds = model.bound(tf.reshape(joint_scores, [-1, most_rows, out_width]),
-                         tf.reshape(marginal_scores, [-1, most_rows, out_width]), tf.reshape(mask, [-1, most_rows]))[0]
+    mask = tf.tile(
+        tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1]
+    )
+    bounds = model.bound(
+        tf.reshape(joint_scores, [-1, most_rows, out_width]),
+        tf.reshape(marginal_scores, [-1, most_rows, out_width]),
+        tf.reshape(mask, [-1, most_rows]),
+    )[0]
     return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
 
 
@@ -710,7 +887,10 @@ def held_out_scores(model, held_out_rows, seed, passes, resample_latent_dim):
     width = model.sample_width
     counts = tf.fill([critics], count)
     if resample_latent_dim:
-        paired = tf.stack([shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)], axis=1)
+        paired = tf.stack(
+            [shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)],
+            axis=1,
+        )
     else:  # the file's own marginal half
         paired = rows[:, None]
     joint_scores = model.statistics_network(rows[..., :width])
@@ -724,8 +904,13 @@ def one_split_stderr(args, run, data, chosen):
     row, at the last epoch's weights: the run keeps no earlier ones, and
     late epochs differ little under the cosine schedule."""
     passes = args.eval_permutations if resampled_latent_dim(args) else 1
-    joint, marginal = held_out_scores(run.compiled.model, np.stack(data.held_out_rows), tf.constant(args.seed, tf.int64),
-                                      passes, resampled_latent_dim(args))
+    joint, marginal = held_out_scores(
+        run.compiled.model,
+        np.stack(data.held_out_rows),
+        tf.constant(args.seed, tf.int64),
+        passes,
+        resampled_latent_dim(args),
+    )
     return float(np.mean([held_out_stderr(joint[k], marginal[k], args.estimator) for k in chosen]))
 
 
@@ -752,10 +937,16 @@ class CompiledCritics:
         def evaluate(halves, seed, epoch):
             return held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim)
 
-        self.train = tf.function(lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit, autograph=False)
+        self.train = tf.function(
+            lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit, autograph=False
+        )
         self.train_and_evaluate = tf.function(
-            lambda batches, batch_rows, halves, seed, epoch: (train_chunk(step, batches, batch_rows), evaluate(halves, seed, epoch)),
-            jit_compile=jit, autograph=False,
+            lambda batches, batch_rows, halves, seed, epoch: (
+                train_chunk(step, batches, batch_rows),
+                evaluate(halves, seed, epoch),
+            ),
+            jit_compile=jit,
+            autograph=False,
         )
         self.evaluate = tf.function(evaluate, autograph=False)  # replicas' variables: not in an XLA call
 
@@ -779,16 +970,40 @@ def make_model(args, critics, seed=None):
     c; with a seed, its initial weights are those of the seed."""
     activations = [activation for _, activation in candidates(args)] * (critics // len(candidates(args)))
     activation = activations[0] if len(set(activations)) == 1 else activations
-    return MineModel(args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.estimator, args.ema_rate,
-                     activation, critics, seed)
+    return MineModel(
+        args.data_dim,
+        args.latent_dim,
+        args.hid_width,
+        args.out_width,
+        args.estimator,
+        args.ema_rate,
+        activation,
+        critics,
+        seed,
+    )
 
 
 def compiled_critics(args, critics, total_steps, strategy):
     """The CompiledCritics for this run's configuration, with its weights
     set to this seed's initial ones, made or taken from COMPILED_CRITICS."""
     passes = args.eval_permutations if resampled_latent_dim(args) else 1
-    key = (args.data_dim, args.latent_dim, args.hid_width, args.out_width, args.candidates, args.estimator, args.ema_rate,
-           critics, args.optimizer, args.lr, args.lr_schedule, total_steps, args.jit, passes, resampled_latent_dim(args))
+    key = (
+        args.data_dim,
+        args.latent_dim,
+        args.hid_width,
+        args.out_width,
+        args.candidates,
+        args.estimator,
+        args.ema_rate,
+        critics,
+        args.optimizer,
+        args.lr,
+        args.lr_schedule,
+        total_steps,
+        args.jit,
+        passes,
+        resampled_latent_dim(args),
+    )
     compiled = COMPILED_CRITICS.get(key)
     replicated = strategy.num_replicas_in_sync > 1
     if replicated or compiled is None:
@@ -811,7 +1026,9 @@ def make_strategy(args):
         return tf.distribute.get_strategy()
     if args.strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            fail("--strategy multi_worker needs the TF_CONFIG environment variable describing the cluster (README: Scaling out)")
+            fail(
+                "--strategy multi_worker needs the TF_CONFIG environment variable describing the cluster (README: Scaling out)"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
@@ -822,7 +1039,9 @@ def make_strategy(args):
         pass  # the runtime has started already; fine if it was split so before
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < args.cpu_replicas:
-        fail(f"--cpu_replicas {args.cpu_replicas}: TensorFlow started with {len(devices)} CPU device(s) and cannot split it now")
+        fail(
+            f"--cpu_replicas {args.cpu_replicas}: TensorFlow started with {len(devices)} CPU device(s) and cannot split it now"
+        )
     return tf.distribute.MirroredStrategy([device.name for device in devices[: args.cpu_replicas]])
 
 
@@ -893,7 +1112,9 @@ def acquire_lock(output_dir):
             except (OSError, ValueError):
                 holder = None
             if holder is not None and process_exists(holder):
-                fail(f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or choose another --output_dir")
+                fail(
+                    f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or choose another --output_dir"
+                )
             try:
                 os.unlink(path)  # stale: its process is gone
             except FileNotFoundError:
@@ -931,7 +1152,11 @@ class StopRequest:
         if self.signal is not None:
             os._exit(128 + number)
         self.signal = number
-        print(f"\n{signal.Signals(number).name}: stopping after this epoch (again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(number).name}: stopping after this epoch (again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def restore(self):
         for number, handler in self.previous.items():
@@ -940,8 +1165,20 @@ class StopRequest:
 
 # What --resume must find unchanged: any of these changes the split, the
 # network or the steps, and the continued run would not be the same run.
-RESUME_MUST_MATCH = ("data_dim", "latent_dim", "hid_width", "out_width", "candidates", "estimator", "seed",
-                     "val_fraction", "folds", "marginal", "batch_size", "optimizer")
+RESUME_MUST_MATCH = (
+    "data_dim",
+    "latent_dim",
+    "hid_width",
+    "out_width",
+    "candidates",
+    "estimator",
+    "seed",
+    "val_fraction",
+    "folds",
+    "marginal",
+    "batch_size",
+    "optimizer",
+)
 
 
 def run_identity(args, arrays=None):
@@ -962,10 +1199,14 @@ def check_resumable(args, checkpoint_dir, identity):
     if tf.train.latest_checkpoint(checkpoint_dir) is None:
         fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
     if saved["input_sha256"] != identity["input_sha256"]:
-        fail(f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in {checkpoint_dir} was trained on")
+        fail(
+            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in {checkpoint_dir} was trained on"
+        )
     for name in RESUME_MUST_MATCH:
         if saved[name] != identity[name]:
-            fail(f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not {identity[name]}")
+            fail(
+                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not {identity[name]}"
+            )
 
 
 def require_matplotlib():
@@ -1001,8 +1242,14 @@ def save_plot(path, history, truth):
     figure, axes = plt.subplots(figsize=(7, 4))
     if critics > 1 and has_held_out:
         for k in range(critics):
-            axes.plot(epochs, history[:, k, 3], color="tab:orange", alpha=0.3, linewidth=0.8,
-                      label=f"held-out rows, each of {critics} critics" if k == 0 else None)
+            axes.plot(
+                epochs,
+                history[:, k, 3],
+                color="tab:orange",
+                alpha=0.3,
+                linewidth=0.8,
+                label=f"held-out rows, each of {critics} critics" if k == 0 else None,
+            )
     mean_of = f"mean of {critics} critics, " if critics > 1 else ""
     axes.plot(epochs, history[:, :, 0].mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
     if has_held_out:
@@ -1044,7 +1291,9 @@ def evaluate_only(args, arrays=None):
     passes = args.eval_permutations if resample_latent_dim else 1
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
     bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
-    print(f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)")
+    print(
+        f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)"
+    )
     return {"mi_estimate": bound, "rows": len(rows)}
 
 
@@ -1063,12 +1312,18 @@ def main(argv=None):
         raise SystemExit(1) from None
     where = summary.get("hyperparameters", {}).get("output_dir")
     if summary.get("status") == "diverged":
-        print(f"mi_main.py: error: the loss became NaN or infinite in epoch {summary['diverged_in_epoch']}; the "
-              f"{summary['epochs_completed']} completed epochs are in {where}/; try a smaller --lr or --estimator mine_f", file=sys.stderr)
+        print(
+            f"mi_main.py: error: the loss became NaN or infinite in epoch {summary['diverged_in_epoch']}; the "
+            f"{summary['epochs_completed']} completed epochs are in {where}/; try a smaller --lr or --estimator mine_f",
+            file=sys.stderr,
+        )
         raise SystemExit(3)
     if summary.get("status") == "interrupted":
-        print(f"stopped by {summary['stopped_by']} after {summary['epochs_completed']} epochs; their results are in "
-              f"{where}/ (continue with --resume)", file=sys.stderr)
+        print(
+            f"stopped by {summary['stopped_by']} after {summary['epochs_completed']} epochs; their results are in "
+            f"{where}/ (continue with --resume)",
+            file=sys.stderr,
+        )
         raise SystemExit(128 + signal.Signals[summary["stopped_by"]])
     return summary
 
@@ -1115,10 +1370,14 @@ def run(args, arrays=None):
     if args.plot:
         require_matplotlib()
     if args.folds > 1 and args.strategy != "default":
-        fail(f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}")
+        fail(
+            f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}"
+        )
     if "," in args.candidates and (args.cache_dir or args.strategy != "default"):
-        fail("several --candidates train side by side on one device, on rows in memory; they do not combine with "
-             + ("--cache_dir" if args.cache_dir else f"--strategy {args.strategy}"))
+        fail(
+            "several --candidates train side by side on one device, on rows in memory; they do not combine with "
+            + ("--cache_dir" if args.cache_dir else f"--strategy {args.strategy}")
+        )
     if args.cache_dir and (arrays is not None or os.path.splitext(args.input)[1].lower() not in TEXT_SUFFIXES):
         fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {input_name(args)}")
     strategy = make_strategy(args)
@@ -1130,7 +1389,11 @@ def run(args, arrays=None):
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
     if args.resume and args.output_dir is None:
         fail("--resume continues the checkpoint in an output directory; give output_dir")
-    data = streamed_data(args, resample_latent_dim) if args.cache_dir else in_memory_data(args, resample_latent_dim, arrays)
+    data = (
+        streamed_data(args, resample_latent_dim)
+        if args.cache_dir
+        else in_memory_data(args, resample_latent_dim, arrays)
+    )
     lock = None
     if args.output_dir is not None:
         try:
@@ -1174,7 +1437,9 @@ def stacked_halves(held_out_rows):
     held-out rows."""
     if min(len(rows) for rows in held_out_rows) < 2:
         return None
-    rows, counts = stacked_rows([half for rows in held_out_rows for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :])])
+    rows, counts = stacked_rows(
+        [half for rows in held_out_rows for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :])]
+    )
     return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
 
 
@@ -1185,8 +1450,13 @@ def prepare(args, strategy, data, arrays=None):
     no checkpoint, and TensorBoard only to an explicit --logdir."""
     critics = data.critics
     writes = args.output_dir is not None
-    output_dirs = [args.output_dir] if critics == 1 or not writes else [
-        os.path.join(args.output_dir, folder) for folder in critic_folders(args, critics // len(candidates(args)))]
+    output_dirs = (
+        [args.output_dir]
+        if critics == 1 or not writes
+        else [
+            os.path.join(args.output_dir, folder) for folder in critic_folders(args, critics // len(candidates(args)))
+        ]
+    )
     if writes:
         checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
         identity = run_identity(args, arrays)
@@ -1204,10 +1474,14 @@ def prepare(args, strategy, data, arrays=None):
     # marginal_part on the training rows, then the held-out bound and its
     # two halves' bounds.
     completed_epochs = tf.Variable(0, dtype=tf.int64)
-    history_so_far = tf.Variable(np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64)
+    history_so_far = tf.Variable(
+        np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64
+    )
     manager = None
     if writes:
-        checkpoint = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far)
+        checkpoint = tf.train.Checkpoint(
+            model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far
+        )
         manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
         if args.resume:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -1242,12 +1516,21 @@ def prepare(args, strategy, data, arrays=None):
             tf.summary.scalar("learning_rate", compiled.optimizer.learning_rate)
 
     run = Run(
-        critics=critics, output_dirs=output_dirs, compiled=compiled, replicated=replicated, truth=truth,
+        critics=critics,
+        output_dirs=output_dirs,
+        compiled=compiled,
+        replicated=replicated,
+        truth=truth,
         write_summaries=write_summaries,
         distributed_epoch=make_distributed_train_epoch(strategy, compiled.step) if replicated else None,
-        strategy=strategy, halves=halves, first_epoch=first_epoch,
-        history=list(history_so_far.numpy().reshape(-1, critics, 6)), completed_epochs=completed_epochs,
-        history_so_far=history_so_far, manager=manager, writer=writer,
+        strategy=strategy,
+        halves=halves,
+        first_epoch=first_epoch,
+        history=list(history_so_far.numpy().reshape(-1, critics, 6)),
+        completed_epochs=completed_epochs,
+        history_so_far=history_so_far,
+        manager=manager,
+        writer=writer,
         flops_per_row=training_flops_per_row(args.data_dim + args.latent_dim, args.hid_width, args.out_width),
     )
     if not args.quiet:
@@ -1262,9 +1545,12 @@ def print_start_line(args, run, data):
         return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
 
     folds = run.critics // len(candidates(args))
-    rows_text = (f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out" if folds == 1 else
-                 f"{folds} cross-fitted folds, each critic trained on {span(data.training_counts)} rows and read on "
-                 f"the other {span(held_out_counts)}")
+    rows_text = (
+        f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out"
+        if folds == 1
+        else f"{folds} cross-fitted folds, each critic trained on {span(data.training_counts)} rows and read on "
+        f"the other {span(held_out_counts)}"
+    )
     if len(candidates(args)) > 1:
         rows_text += f"; candidates {args.candidates.replace(',', ', ')} on each ({run.critics} critics side by side)"
     print(
@@ -1298,7 +1584,9 @@ def train_one_epoch(args, run, data, chunks, epoch):
         totals += rows * means.numpy()
         rows_trained += rows
     if held_out is None:
-        held_out = compiled.evaluate(run.halves, seed, epoch) if run.halves is not None else np.full((run.critics, 2), np.nan)
+        held_out = (
+            compiled.evaluate(run.halves, seed, epoch) if run.halves is not None else np.full((run.critics, 2), np.nan)
+        )
     return totals / rows_trained, rows_trained * run.critics, np.asarray(held_out, dtype=np.float64)
 
 
@@ -1314,7 +1602,11 @@ class Outcome:
 def epoch_loop(args, run, data, stop):
     """Trains epoch after epoch, logging each, checkpointing as due, until
     --n_epoch, divergence or a stop request."""
-    progress = tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"]) if sys.stdout.isatty() and not args.quiet else None
+    progress = (
+        tf.keras.utils.Progbar(args.n_epoch, stateful_metrics=["train", "held-out", "rows/s"])
+        if sys.stdout.isatty() and not args.quiet
+        else None
+    )
     history, training_seconds, rows_per_epoch = run.history, [], []
     diverged_in = None
     train_start = last_save = time.perf_counter()
@@ -1335,8 +1627,12 @@ def epoch_loop(args, run, data, stop):
         bound, joint_part, marginal_part, held_out_bound = history[-1][:, :4].mean(axis=0)
         rows_per_second = rows_per_epoch[-1] / training_seconds[-1]
 
-        run.write_summaries(tf.constant(epoch, tf.int64), tf.constant(
-            [bound, held_out_bound, joint_part, marginal_part, rows_per_second, *history[-1][:, 3]], tf.float32))
+        run.write_summaries(
+            tf.constant(epoch, tf.int64),
+            tf.constant(
+                [bound, held_out_bound, joint_part, marginal_part, rows_per_second, *history[-1][:, 3]], tf.float32
+            ),
+        )
         if progress:
             progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
         elif not args.quiet:
@@ -1346,10 +1642,14 @@ def epoch_loop(args, run, data, stop):
                 f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
                 flush=True,
             )
-        due = run.manager and args.checkpoint_every and (
-            epoch == args.n_epoch
-            or stop.signal is not None
-            or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
+        due = (
+            run.manager
+            and args.checkpoint_every
+            and (
+                epoch == args.n_epoch
+                or stop.signal is not None
+                or (epoch % args.checkpoint_every == 0 and time.perf_counter() - last_save >= args.checkpoint_seconds)
+            )
         )
         if due:
             run.completed_epochs.assign(epoch)
@@ -1361,8 +1661,14 @@ def epoch_loop(args, run, data, stop):
     train_seconds = time.perf_counter() - train_start
     run.writer.close()
     status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
-    return Outcome(np.array(history, dtype=np.float64).reshape(-1, run.critics, 6), training_seconds, rows_per_epoch,
-                   diverged_in, train_seconds, status)
+    return Outcome(
+        np.array(history, dtype=np.float64).reshape(-1, run.critics, 6),
+        training_seconds,
+        rows_per_epoch,
+        diverged_in,
+        train_seconds,
+        status,
+    )
 
 
 class OutputError(OSError):
@@ -1395,9 +1701,13 @@ def write_outputs(args, run, data, outcome, stop):
     if not len(history):
         estimate_from = "no completed epoch"
     elif folds > 1:
-        estimate_from = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
+        estimate_from = (
+            f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
+        )
     elif has_held_out:
-        estimate_from = f"held-out bound at the {chosen} chosen on the other half (epochs {best_epochs[0][0]}, {best_epochs[0][1]})"
+        estimate_from = (
+            f"held-out bound at the {chosen} chosen on the other half (epochs {best_epochs[0][0]}, {best_epochs[0][1]})"
+        )
     else:
         estimate_from = "training rows' bound, last epoch"
     if args.output_dir is not None:
@@ -1410,13 +1720,20 @@ def write_outputs(args, run, data, outcome, stop):
                     save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
             if folds > 1 and per_fold > 1:  # each fold's own mean over its candidates
                 for fold in range(folds):
-                    save_curves(os.path.join(args.output_dir, f"fold-{fold + 1}"), history[:, fold * per_fold : (fold + 1) * per_fold],
-                                has_held_out, args.plot, truth)
+                    save_curves(
+                        os.path.join(args.output_dir, f"fold-{fold + 1}"),
+                        history[:, fold * per_fold : (fold + 1) * per_fold],
+                        has_held_out,
+                        args.plot,
+                        truth,
+                    )
             # the reference's files at the top whatever the folds: the critics' mean per epoch
             save_curves(args.output_dir, history, has_held_out, args.plot, truth)
         except OSError as error:
-            raise OutputError(f"cannot write the results to {args.output_dir}: {error.strerror}; "
-                              "the files already there are the previous complete ones") from None
+            raise OutputError(
+                f"cannot write the results to {args.output_dir}: {error.strerror}; "
+                "the files already there are the previous complete ones"
+            ) from None
 
     training_seconds, rows_per_epoch = outcome.training_seconds, outcome.rows_per_epoch
     trained_epochs = len(training_seconds)
@@ -1435,36 +1752,45 @@ def write_outputs(args, run, data, outcome, stop):
     }
     if folds > 1:
         interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None), None)
-        summary.update(mi_estimate=interval[0], mi_stderr=interval[1], mi_ci95=list(interval[2]), mi_lower_95=interval[3],
-                       fold_estimates=estimates)
+        summary.update(
+            mi_estimate=interval[0],
+            mi_stderr=interval[1],
+            mi_ci95=list(interval[2]),
+            mi_lower_95=interval[3],
+            fold_estimates=estimates,
+        )
     elif len(history) and has_held_out:
         interval, lower = normal_interval(estimates[0], stderr)
         summary.update(mi_stderr=stderr, mi_ci95=list(interval), mi_lower_95=lower)
     if per_fold > 1:
         summary.update(fold_winners=winners, fold_best_epochs=best_epochs)
     held_out_counts = [len(rows) for rows in data.held_out_rows]
-    summary.update({
-        "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
-        "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
-        "true_mi_nats": truth,
-        "estimator": args.estimator,
-        "candidates": names,
-        "n_epoch": args.n_epoch,
-        "resumed_after_epoch": run.first_epoch if args.resume else None,
-        "rows": data.total_rows,
-        "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
-        "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
-        "batch_size": args.batch_size,
-        "adapted_to_rows": data.adapted,
-        "seed": args.seed,
-        "train_seconds": round(outcome.train_seconds, 3),
-        "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
-        "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
-        "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
-        "training_gflops_per_second": round(steady_rows_per_second * run.flops_per_row / 1e9, 2) if steady_rows_per_second else None,
-        "training_flops_per_row": run.flops_per_row,
-        "hyperparameters": vars(args),
-    })
+    summary.update(
+        {
+            "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
+            "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
+            "true_mi_nats": truth,
+            "estimator": args.estimator,
+            "candidates": names,
+            "n_epoch": args.n_epoch,
+            "resumed_after_epoch": run.first_epoch if args.resume else None,
+            "rows": data.total_rows,
+            "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
+            "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
+            "batch_size": args.batch_size,
+            "adapted_to_rows": data.adapted,
+            "seed": args.seed,
+            "train_seconds": round(outcome.train_seconds, 3),
+            "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
+            "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
+            "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
+            "training_gflops_per_second": round(steady_rows_per_second * run.flops_per_row / 1e9, 2)
+            if steady_rows_per_second
+            else None,
+            "training_flops_per_row": run.flops_per_row,
+            "hyperparameters": vars(args),
+        }
+    )
     in_units(summary, args.units)
     if args.output_dir is not None:
         try:
@@ -1477,7 +1803,15 @@ def write_outputs(args, run, data, outcome, stop):
 
 
 NATS_PER_BIT = math.log(2.0)
-ESTIMATE_KEYS = ("mi_estimate", "mi_stderr", "mi_ci95", "mi_lower_95", "fold_estimates", "held_out_last_epoch", "training_rows_estimate")
+ESTIMATE_KEYS = (
+    "mi_estimate",
+    "mi_stderr",
+    "mi_ci95",
+    "mi_lower_95",
+    "fold_estimates",
+    "held_out_last_epoch",
+    "training_rows_estimate",
+)
 
 
 def in_units(summary, units):
@@ -1497,9 +1831,11 @@ def print_final_line(args, summary, winners, seconds):
     mi_estimate = summary["mi_estimate"]
     if "mi_ci95" in summary:
         low, high = summary["mi_ci95"]
-        estimate_text = (f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, "
-                         f"at least {summary['mi_lower_95']:.4f} with 95 % confidence, "
-                         + (f"{folds} folds)" if folds > 1 else "one split)"))
+        estimate_text = (
+            f"{mi_estimate:.4f} ± {summary['mi_stderr']:.4f} {units} (95 % interval {low:.4f} to {high:.4f}, "
+            f"at least {summary['mi_lower_95']:.4f} with 95 % confidence, "
+            + (f"{folds} folds)" if folds > 1 else "one split)")
+        )
     else:
         estimate_text = f"{mi_estimate:.4f} {units}"
     truth = summary["true_mi_nats"]
@@ -1507,12 +1843,20 @@ def print_final_line(args, summary, winners, seconds):
         estimate_text += f" (true {truth if units == 'nats' else round(truth / NATS_PER_BIT, 4)})"
     chosen = ""
     if winners and len(summary["candidates"]) > 1 and folds > 1:
-        chosen = "; chosen on the other folds: " + ", ".join(f"fold {fold + 1} {name}" for fold, name in enumerate(winners))
+        chosen = "; chosen on the other folds: " + ", ".join(
+            f"fold {fold + 1} {name}" for fold, name in enumerate(winners)
+        )
     elif winners and len(summary["candidates"]) > 1:
-        chosen = "; chosen on halves A/B: " + ("/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0])
+        chosen = "; chosen on halves A/B: " + (
+            "/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0]
+        )
     where = f"; results in {args.output_dir}/" if args.output_dir is not None else ""
-    print(f"estimated I(X; Z) = {estimate_text}" + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
-          + chosen + f", in {seconds:.1f} s{where}")
+    print(
+        f"estimated I(X; Z) = {estimate_text}"
+        + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
+        + chosen
+        + f", in {seconds:.1f} s{where}"
+    )
 
 
 if __name__ == "__main__":

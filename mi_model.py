@@ -114,7 +114,11 @@ def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, ma
     summed over replicas, d joint_term = d joint_part and d marginal_term =
     d marginal_part (d log sum exp T = sum exp(T - log sum exp T) dT).
     """
-    real = tf.ones_like(joint_scores, tf.bool) if real_rows is None else tf.broadcast_to(real_rows[:, :, None] > 0, tf.shape(joint_scores))
+    real = (
+        tf.ones_like(joint_scores, tf.bool)
+        if real_rows is None
+        else tf.broadcast_to(real_rows[:, :, None] > 0, tf.shape(joint_scores))
+    )
 
     def real_sum(values):
         return tf.reduce_sum(tf.where(real, values, 0.0))
@@ -262,8 +266,19 @@ class MineModel(tf.keras.Model):
     weights, the gradient that critic's cost alone would have.
     """
 
-    def __init__(self, data_dim=10, latent_dim=1, hid_width=128, out_width=1, estimator="mine", ema_rate=0.01,
-                 activation="tanh", critics=1, seed=None, **kwargs):
+    def __init__(
+        self,
+        data_dim=10,
+        latent_dim=1,
+        hid_width=128,
+        out_width=1,
+        estimator="mine",
+        ema_rate=0.01,
+        activation="tanh",
+        critics=1,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -277,8 +292,11 @@ class MineModel(tf.keras.Model):
         self.statistics_network.build((critics, None, self.sample_width))
         # Every replica computes the same global value, so the first one's is kept.
         self.log_moving_average = self.add_weight(
-            shape=(critics,), initializer=tf.keras.initializers.Constant(float("nan")), trainable=False,
-            aggregation="only_first_replica", name="log_moving_average",
+            shape=(critics,),
+            initializer=tf.keras.initializers.Constant(float("nan")),
+            trainable=False,
+            aggregation="only_first_replica",
+            name="log_moving_average",
         )
 
     def get_config(self):
@@ -316,7 +334,11 @@ class MineModel(tf.keras.Model):
             self.log_moving_average.assign(
                 updated_log_moving_average(self.log_moving_average, tf.stop_gradient(marginal_part), self.ema_rate)
             )
-            return with_averaged_gradient(marginal_part, self.log_moving_average) - joint_part, joint_part, marginal_part
+            return (
+                with_averaged_gradient(marginal_part, self.log_moving_average) - joint_part,
+                joint_part,
+                marginal_part,
+            )
         return -bound, joint_part, marginal_part
 
     def critic(self, k):
@@ -347,7 +369,9 @@ class MineModel(tf.keras.Model):
         )
         marginal_scale = 1.0
         if self.estimator == "mine" and training:
-            self.log_moving_average.assign(updated_log_moving_average(self.log_moving_average, tf.reshape(marginal_part, [1]), self.ema_rate))
+            self.log_moving_average.assign(
+                updated_log_moving_average(self.log_moving_average, tf.reshape(marginal_part, [1]), self.ema_rate)
+            )
             marginal_scale = tf.exp(marginal_part - self.log_moving_average)  # as in with_averaged_gradient
         surrogate = marginal_scale * marginal_term - joint_term
         cost = -bound + surrogate - tf.stop_gradient(surrogate)

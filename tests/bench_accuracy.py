@@ -76,16 +76,22 @@ def mean_or_dash(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS) + sorted(TASK_MAKERS),
-                        default=list(TASKS) + [name for name in TASK_MAKERS if name not in TASKS])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=sorted(TASKS) + sorted(TASK_MAKERS),
+        default=list(TASKS) + [name for name in TASK_MAKERS if name not in TASKS],
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("flags", nargs="*", help="mi_main flags, after --")
     args = parser.parse_args()
 
     print(f"rows {args.rows}, seeds {args.seeds}, mi_main flags: {' '.join(args.flags) or '(defaults)'}")
-    header = ("| task | family | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
-              "95 % interval covers truth | mean interval width | truth above the 95 % lower bound | s per estimate |")
+    header = (
+        "| task | family | truth | estimate (mean ± std) | error | max abs error | last epoch's held-out bound | "
+        "95 % interval covers truth | mean interval width | truth above the 95 % lower bound | s per estimate |"
+    )
     print(header + "\n|" + " --- |" * 11, flush=True)
     errors, coverage, lower_bound_holds, interval_widths, families = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -117,25 +123,33 @@ def main():
                 f"{f'{sum(below)} of {len(below)}' if below else '-'} | {np.mean(seconds):.1f} |",
                 flush=True,
             )
-    print("\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width | truth above the 95 % lower bound |")
+    print(
+        "\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width | truth above the 95 % lower bound |"
+    )
     print("|" + " --- |" * 6)
     for family, names in families.items():
         family_errors = np.concatenate([errors[name][1] for name in names])
         hits = [hit for name in names for hit in coverage[name][1]]
         family_widths = [interval_widths[name][1] for name in names if name in interval_widths]
         holds = [hold for name in names for hold in lower_bound_holds[name][1]]
-        print(f"| {family} | {len(names)} | {np.abs(family_errors).mean():.3f} | "
-              f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} | "
-              f"{f'{sum(holds)} of {len(holds)}' if holds else '-'} |")
+        print(
+            f"| {family} | {len(names)} | {np.abs(family_errors).mean():.3f} | "
+            f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} | "
+            f"{f'{sum(holds)} of {len(holds)}' if holds else '-'} |"
+        )
     small = np.concatenate([error for truth, error in errors.values() if truth <= 2])
     if small.size:
         print(f"tasks with MI <= 2: mean absolute error {np.abs(small).mean():.3f}, worst {np.abs(small).max():.3f}")
     small_coverage = [hit for truth, hits in coverage.values() if truth <= 2 for hit in hits]
     if small_coverage:
-        print(f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of {len(small_coverage)} cases, "
-              f"mean width {np.mean([width for truth, width in interval_widths.values() if truth <= 2]):.3f}")
+        print(
+            f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of {len(small_coverage)} cases, "
+            f"mean width {np.mean([width for truth, width in interval_widths.values() if truth <= 2]):.3f}"
+        )
         small_holds = [hold for truth, holds in lower_bound_holds.values() if truth <= 2 for hold in holds]
-        print(f"tasks with MI <= 2: the truth was at or above the 95 % lower bound in {sum(small_holds)} of {len(small_holds)} cases")
+        print(
+            f"tasks with MI <= 2: the truth was at or above the 95 % lower bound in {sum(small_holds)} of {len(small_holds)} cases"
+        )
 
 
 if __name__ == "__main__":

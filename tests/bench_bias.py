@@ -37,8 +37,12 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
     parameters = fit_transform_parameters("rank", training_rows, 11)
     transform = make_transform("rank", parameters, 11)
     fresh = tf.constant(transform(fresh_rows))
-    args = mi_main.parse_args([*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"])
-    compiled = mi_main.compiled_critics(args, 1, n_epoch * -(-len(training_rows) // args.batch_size), tf.distribute.get_strategy())
+    args = mi_main.parse_args(
+        [*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"]
+    )
+    compiled = mi_main.compiled_critics(
+        args, 1, n_epoch * -(-len(training_rows) // args.batch_size), tf.distribute.get_strategy()
+    )
     model = compiled.model
     best = -np.inf
     batches = epoch_batches([transform(training_rows)], args.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
@@ -46,7 +50,9 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
         compiled.train(element, batch_rows)
         if epoch % 10 == 0 or epoch > n_epoch - 3:
             # the fresh file's z_bar is drawn independently: its marginal half is a true product sample
-            bound = donsker_varadhan_bound(model.statistics_network(fresh[None, :, :11]), model.statistics_network(fresh[None, :, 11:]))[0]
+            bound = donsker_varadhan_bound(
+                model.statistics_network(fresh[None, :, :11]), model.statistics_network(fresh[None, :, 11:])
+            )[0]
             best = max(best, float(bound[0]))
     return best
 
@@ -55,14 +61,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mi", type=float, nargs="+", default=[0.2, 1.0, 2.0, 4.0])
     parser.add_argument("--activations", nargs="+", default=["relu", "tanh"])
-    parser.add_argument("--rows", type=int, nargs="+", default=[8_000], help="training rows (8,000: one of 5 folds of 10,000 held out)")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[8_000], help="training rows (8,000: one of 5 folds of 10,000 held out)"
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--n_epoch", type=int, default=100)
-    parser.add_argument("flags", nargs="*", help="other mi_main training flags (--lr, --batch_size, --estimator, --hid_width), after --")
+    parser.add_argument(
+        "flags", nargs="*", help="other mi_main training flags (--lr, --batch_size, --estimator, --hid_width), after --"
+    )
     args = parser.parse_args()
 
-    print(f"bound on {FRESH_ROWS} fresh rows minus the true MI, mean over {args.seeds} seeds; {args.n_epoch} epochs; "
-          f"mi_main flags: {' '.join(args.flags) or '(defaults)'}")
+    print(
+        f"bound on {FRESH_ROWS} fresh rows minus the true MI, mean over {args.seeds} seeds; {args.n_epoch} epochs; "
+        f"mi_main flags: {' '.join(args.flags) or '(defaults)'}"
+    )
     print("| true MI | training rows | " + " | ".join(args.activations) + " |")
     print("|" + " --- |" * (2 + len(args.activations)), flush=True)
     for mi in args.mi:
@@ -71,7 +83,14 @@ def main():
             cells = []
             for activation in args.activations:
                 biases = [
-                    best_population_bound(make_known_mi_rows(n_rows, mi, seed=1000 + seed)[0], fresh_rows, activation, seed, args.n_epoch, args.flags)
+                    best_population_bound(
+                        make_known_mi_rows(n_rows, mi, seed=1000 + seed)[0],
+                        fresh_rows,
+                        activation,
+                        seed,
+                        args.n_epoch,
+                        args.flags,
+                    )
                     - mi
                     for seed in range(args.seeds)
                 ]

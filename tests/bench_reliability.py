@@ -28,8 +28,18 @@ import mi_main  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_rows  # noqa: E402
 
 # One split (--folds 1): the checks read a single critic's files in OUTPUT_DIR.
-RUN = [sys.executable, os.path.join(REPO, "mi_main.py"), "--folds", "1", "--batch_size", "128", "--hid_width", "32",
-       "--checkpoint_seconds", "0"]
+RUN = [
+    sys.executable,
+    os.path.join(REPO, "mi_main.py"),
+    "--folds",
+    "1",
+    "--batch_size",
+    "128",
+    "--hid_width",
+    "32",
+    "--checkpoint_seconds",
+    "0",
+]
 
 
 def outputs_whole(output_dir):
@@ -50,8 +60,11 @@ def killed_runs(path, scratch, count, rng):
     broken = 0
     output_dir = os.path.join(scratch, "killed")
     for _ in range(count):
-        process = subprocess.Popen([*RUN, "--input", path, "--output_dir", output_dir, "--n_epoch", "400"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [*RUN, "--input", path, "--output_dir", output_dir, "--n_epoch", "400"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(4.0, 9.0))  # start-up takes ~4 s; then epochs, checkpoints and writes
         process.kill()
         process.wait()
@@ -66,8 +79,12 @@ def interrupted_runs(path, scratch, count):
     exact = 0
     for index in range(count):
         output_dir = os.path.join(scratch, f"interrupted-{index}")
-        process = subprocess.Popen([*RUN, "--input", path, "--output_dir", output_dir, "--n_epoch", "100000"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        process = subprocess.Popen(
+            [*RUN, "--input", path, "--output_dir", output_dir, "--n_epoch", "100000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         for line in process.stdout:
             if line.startswith(f"epoch {2 + index % 5:4d}/"):
                 process.send_signal(2)
@@ -76,7 +93,9 @@ def interrupted_runs(path, scratch, count):
         with open(os.path.join(output_dir, mi_main.SUMMARY_FILE)) as stream:
             summary = json.load(stream)
         rows = len(np.loadtxt(os.path.join(output_dir, mi_main.ESTIMATE_FILE), ndmin=1))
-        exact += process.returncode == 130 and summary["status"] == "interrupted" and rows == summary["epochs_completed"]
+        exact += (
+            process.returncode == 130 and summary["status"] == "interrupted" and rows == summary["epochs_completed"]
+        )
     return exact
 
 
@@ -107,8 +126,19 @@ def fuzzed_inputs(scratch, count, rng):
         path = os.path.join(scratch, "fuzz.dat")
         with open(path, "wb") as stream:
             stream.write(content)
-        flags = ["--input", path, "--output_dir", os.path.join(scratch, "fuzz-out"), "--n_epoch", "1", "--batch_size", "8",
-                 "--hid_width", "8", "--quiet"]
+        flags = [
+            "--input",
+            path,
+            "--output_dir",
+            os.path.join(scratch, "fuzz-out"),
+            "--n_epoch",
+            "1",
+            "--batch_size",
+            "8",
+            "--hid_width",
+            "8",
+            "--quiet",
+        ]
         if index % 50 == 0:  # a real process now and then; the rest in this process, far quicker
             try:
                 result = subprocess.run([*RUN[:2], *flags], capture_output=True, text=True, timeout=120)
@@ -147,8 +177,11 @@ def main():
         tracebacks, hangs = fuzzed_inputs(scratch, args.fuzz, rng)
         runs = []
         for name in ["same-seed-1", "same-seed-2"]:
-            subprocess.run([*RUN, "--input", path, "--output_dir", os.path.join(scratch, name), "--n_epoch", "5", "--quiet"],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [*RUN, "--input", path, "--output_dir", os.path.join(scratch, name), "--n_epoch", "5", "--quiet"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             with open(os.path.join(scratch, name, mi_main.ESTIMATE_FILE), "rb") as stream:
                 runs.append(stream.read())
     print("| check | result | target |")

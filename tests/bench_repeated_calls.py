@@ -48,8 +48,18 @@ def main():
         print("| --- | --- | --- | --- |")
         for call in range(1, args.calls + 1):
             start = time.perf_counter()
-            mi_main.main(["--input", path, "--output_dir", os.path.join(scratch, f"run-{call}"), "--n_epoch", str(args.n_epoch),
-                          "--quiet", *args.flags])
+            mi_main.main(
+                [
+                    "--input",
+                    path,
+                    "--output_dir",
+                    os.path.join(scratch, f"run-{call}"),
+                    "--n_epoch",
+                    str(args.n_epoch),
+                    "--quiet",
+                    *args.flags,
+                ]
+            )
             seconds.append(time.perf_counter() - start)
             peaks.append(peak_rss_mb())
             growth = peaks[-1] - peaks[-2] if call > 1 else float("nan")

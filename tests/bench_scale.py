@@ -49,9 +49,19 @@ def multi_worker_against_one_process(scratch):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = [
         subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "mi_main.py"), *flags, "--strategy", "multi_worker", "--quiet",
-             "--output_dir", os.path.join(scratch, "cluster")],
-            env=dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
+            [
+                sys.executable,
+                os.path.join(REPO, "mi_main.py"),
+                *flags,
+                "--strategy",
+                "multi_worker",
+                "--quiet",
+                "--output_dir",
+                os.path.join(scratch, "cluster"),
+            ],
+            env=dict(
+                os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            ),
         )
         for index in range(2)
     ]
@@ -95,25 +105,35 @@ def main():
     loadtxt_rate = sample_rows / (time.perf_counter() - start)
 
     training = ["--n_epoch", "2", "--val_fraction", "0.01", "--checkpoint_every", "0"]
-    streamed = run_main(["--input", big, "--cache_dir", cache_dir, "--output_dir", os.path.join(args.scratch, "streamed"), *training])
+    streamed = run_main(
+        ["--input", big, "--cache_dir", cache_dir, "--output_dir", os.path.join(args.scratch, "streamed"), *training]
+    )
     peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
     small = os.path.join(args.scratch, "first-500000.dat")
     if not os.path.exists(small):
         with open(big) as source, open(small, "w") as target:
             for _ in range(500_000):
                 target.write(next(source))
-    in_memory = run_main(["--input", small, "--output_dir", os.path.join(args.scratch, "in-memory"), *training, "--n_epoch", "3"])
+    in_memory = run_main(
+        ["--input", small, "--output_dir", os.path.join(args.scratch, "in-memory"), *training, "--n_epoch", "3"]
+    )
 
     print("| measure | value | target |")
     print("| --- | --- | --- |")
     print(f"| shipped data, one process | {single:.4f} | |")
-    print(f"| shipped data, 2 workers on loopback | {cluster:.4f} | within 0.05 of one process: {abs(single - cluster):.4f} |")
+    print(
+        f"| shipped data, 2 workers on loopback | {cluster:.4f} | within 0.05 of one process: {abs(single - cluster):.4f} |"
+    )
     print(f"| cache build, rows/s ({cached_rows:,} rows) | {cache_rate:,.0f} | |")
     print(f"| numpy.loadtxt, rows/s (first {sample_rows:,} rows) | {loadtxt_rate:,.0f} | |")
     print(f"| cache build / loadtxt | {cache_rate / loadtxt_rate:.2f} | >= 3 |")
     print(f"| streamed training rows/s after epoch 1 | {streamed['training_rows_per_second']:,.0f} | |")
-    print(f"| in-memory training rows/s after epoch 1 (500,000 rows) | {in_memory['training_rows_per_second']:,.0f} | |")
-    print(f"| streamed / in-memory | {streamed['training_rows_per_second'] / in_memory['training_rows_per_second']:.2f} | >= 0.5 |")
+    print(
+        f"| in-memory training rows/s after epoch 1 (500,000 rows) | {in_memory['training_rows_per_second']:,.0f} | |"
+    )
+    print(
+        f"| streamed / in-memory | {streamed['training_rows_per_second'] / in_memory['training_rows_per_second']:.2f} | >= 0.5 |"
+    )
     print(f"| peak RSS of the processes run, GB (the streamed one is the largest) | {peak_rss_gb:.2f} | < 1.5 |")
 
 

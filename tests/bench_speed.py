@@ -55,8 +55,21 @@ ROWS = {2: 8_192, 64: 65_536, 512: 262_144, 4096: 262_144}
 
 def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
-    args = mi_main.parse_args(["--folds", "1", "--candidates", "rank:tanh", "--batch_size", str(batch_size), "--lr", "1e-4", "--lr_schedule", "constant",
-                               "--jit" if jit else "--no-jit"])
+    args = mi_main.parse_args(
+        [
+            "--folds",
+            "1",
+            "--candidates",
+            "rank:tanh",
+            "--batch_size",
+            str(batch_size),
+            "--lr",
+            "1e-4",
+            "--lr_schedule",
+            "constant",
+            "--jit" if jit else "--no-jit",
+        ]
+    )
     train = mi_main.compiled_critics(args, 1, 1, tf.distribute.get_strategy()).train
     seconds = []
     for batches, batch_rows in epoch_batches([rows], batch_size, 0, 0, 3, resample_latent_dim=1):
@@ -128,42 +141,99 @@ def run_seconds(command):
 
 def whole_runs(scratch):
     """Rows of the whole-run table: (measure, project, reference point, ratio, target)."""
-    import_seconds = min(run_seconds([sys.executable, "-c", "import tensorflow as tf; tf.constant(1.0) + 1"]) for _ in range(2))
+    import_seconds = min(
+        run_seconds([sys.executable, "-c", "import tensorflow as tf; tf.constant(1.0) + 1"]) for _ in range(2)
+    )
     default = os.path.join(scratch, "default")
     default_seconds = run_seconds([sys.executable, "mi_main.py", "--quiet", "--output_dir", default])
     with open(os.path.join(default, mi_main.SUMMARY_FILE)) as stream:
         summary = json.load(stream)
     one = os.path.join(scratch, "one")
-    run_seconds([sys.executable, "mi_main.py", "--quiet", "--folds", "1", "--candidates", "rank:tanh", "--n_epoch", "3", "--output_dir", one])
+    run_seconds(
+        [
+            sys.executable,
+            "mi_main.py",
+            "--quiet",
+            "--folds",
+            "1",
+            "--candidates",
+            "rank:tanh",
+            "--n_epoch",
+            "3",
+            "--output_dir",
+            one,
+        ]
+    )
     with open(os.path.join(one, mi_main.SUMMARY_FILE)) as stream:
         one_critic = json.load(stream)
     table = [
-        ("default run: wall s / TensorFlow import and one op s", f"{default_seconds:.1f}", f"{import_seconds:.1f}",
-         default_seconds / import_seconds, "<= 2.5"),
-        ("default run: whole-run rows/s / training-call rows/s", f"{summary['samples_per_second']:,.0f}",
-         f"{summary['training_rows_per_second']:,.0f}", summary["samples_per_second"] / summary["training_rows_per_second"], ">= 0.6"),
-        (f"first epoch s: {summary['critics']} critics (default) / 1 critic", f"{summary['first_epoch_seconds']:.2f}", f"{one_critic['first_epoch_seconds']:.2f}",
-         summary["first_epoch_seconds"] / one_critic["first_epoch_seconds"], "<= 1.3"),
+        (
+            "default run: wall s / TensorFlow import and one op s",
+            f"{default_seconds:.1f}",
+            f"{import_seconds:.1f}",
+            default_seconds / import_seconds,
+            "<= 2.5",
+        ),
+        (
+            "default run: whole-run rows/s / training-call rows/s",
+            f"{summary['samples_per_second']:,.0f}",
+            f"{summary['training_rows_per_second']:,.0f}",
+            summary["samples_per_second"] / summary["training_rows_per_second"],
+            ">= 0.6",
+        ),
+        (
+            f"first epoch s: {summary['critics']} critics (default) / 1 critic",
+            f"{summary['first_epoch_seconds']:.2f}",
+            f"{one_critic['first_epoch_seconds']:.2f}",
+            summary["first_epoch_seconds"] / one_critic["first_epoch_seconds"],
+            "<= 1.3",
+        ),
     ]
     rows, _ = make_known_mi_rows(10_000, 1.0, seed=0)
     path = os.path.join(scratch, "rows.dat")
     save_rows(path, rows)
     for batch_size, target in ((64, ">= 2"), (512, ">= 1.5")):
         start = time.perf_counter()
-        mi_main.main(["--input", path, "--val_fraction", "0", "--n_epoch", "15", "--batch_size", str(batch_size), "--quiet",
-                      "--output_dir", os.path.join(scratch, f"short-{batch_size}")])
+        mi_main.main(
+            [
+                "--input",
+                path,
+                "--val_fraction",
+                "0",
+                "--n_epoch",
+                "15",
+                "--batch_size",
+                str(batch_size),
+                "--quiet",
+                "--output_dir",
+                os.path.join(scratch, f"short-{batch_size}"),
+            ]
+        )
         project = 15 * len(rows) / (time.perf_counter() - start)
-        plain = per_batch_python_loop(rows[:, :22].astype(np.float32), batch_size, epochs=15, optimizer=tf.keras.optimizers.SGD(0.001))
-        table.append((f"15 epochs of 10,000 rows, batch {batch_size}: rows/s / per-batch Python loop", f"{project:,.0f}",
-                      f"{plain:,.0f}", project / plain, target))
+        plain = per_batch_python_loop(
+            rows[:, :22].astype(np.float32), batch_size, epochs=15, optimizer=tf.keras.optimizers.SGD(0.001)
+        )
+        table.append(
+            (
+                f"15 epochs of 10,000 rows, batch {batch_size}: rows/s / per-batch Python loop",
+                f"{project:,.0f}",
+                f"{plain:,.0f}",
+                project / plain,
+                target,
+            )
+        )
     return table
 
 
 def main():
-    print(f"TensorFlow {tf.__version__}, NumPy {np.__version__}, {os.cpu_count()} CPUs; "
-          f"{FLOPS_PER_ROW / 1e3:.0f} kFLOP per training row")
-    print("| batch | (a) project rows/s | (a) without XLA | (b) per-batch Python rows/s | (c) matmul ceiling rows/s "
-          "| a/b | a/c | (a) GFLOP/s | (a) first-epoch extra s |")
+    print(
+        f"TensorFlow {tf.__version__}, NumPy {np.__version__}, {os.cpu_count()} CPUs; "
+        f"{FLOPS_PER_ROW / 1e3:.0f} kFLOP per training row"
+    )
+    print(
+        "| batch | (a) project rows/s | (a) without XLA | (b) per-batch Python rows/s | (c) matmul ceiling rows/s "
+        "| a/b | a/c | (a) GFLOP/s | (a) first-epoch extra s |"
+    )
     print("|" + " --- |" * 9, flush=True)
     for batch_size, n_rows in ROWS.items():
         rows = np.random.default_rng(batch_size).standard_normal((n_rows, 2 * SAMPLE_WIDTH)).astype(np.float32)

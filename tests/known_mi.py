@@ -191,8 +191,12 @@ TASK_MAKERS = {
     "uniform-noise-1x1": ("additive noise", lambda: additive_uniform_noise(0.2)),
     **{
         f"student-t-{dim}x{dim}-df{dof}{'-asinh' if asinh else ''}": (
-            "heavy tails", lambda dim=dim, dof=dof, asinh=asinh: student_t_task(dim, dof, asinh))
-        for dof in (1, 2, 3) for dim in (1, 2, 3, 5) for asinh in (False, True)
+            "heavy tails",
+            lambda dim=dim, dof=dof, asinh=asinh: student_t_task(dim, dof, asinh),
+        )
+        for dof in (1, 2, 3)
+        for dim in (1, 2, 3, 5)
+        for asinh in (False, True)
     },
     "radial-10x1": ("radial mixture", lambda: radial_mixture()),
     "gauss-1x1": ("gaussian, small", lambda: gaussian_task(1, 1.0, dense_pattern)),
@@ -205,5 +209,3 @@ TASK_MAKERS = {
     "spiral-5x5": ("embedding", lambda: spiral_task(5, 1.0)),
     "classes-5x1": ("discrete z", lambda: class_mixture()),
 }
-
-

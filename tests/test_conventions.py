@@ -17,8 +17,6 @@ from mi_model import MineModel
 SMALL_RUN = ["--folds", "1", "--candidates", "rank:tanh", "--batch_size", "128", "--hid_width", "32"]
 
 
-
-
 @pytest.fixture
 def small_file(known_mi_file):
     return known_mi_file(n_rows=1000, mi_nats=0.5, seed=5)
@@ -31,7 +29,14 @@ def test_event_files_hold_the_scalars(small_file, tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             for value in event.summary.value:
                 values.setdefault(value.tag, []).append(event.step)
-    for tag in ["estimate/training_rows", "estimate/held_out", "parts/joint", "parts/marginal", "speed/rows_per_second", "learning_rate"]:
+    for tag in [
+        "estimate/training_rows",
+        "estimate/held_out",
+        "parts/joint",
+        "parts/marginal",
+        "speed/rows_per_second",
+        "learning_rate",
+    ]:
         assert sorted(values[tag]) == [1, 2, 3], tag
     assert "hyperparameters" in values
 
@@ -68,7 +73,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
 
 
 def test_checkpoint_every_zero_writes_none(small_file, tmp_path):
-    run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--checkpoint_every", "0", *SMALL_RUN])
+    run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--checkpoint_every", "0", *SMALL_RUN]
+    )
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
     assert (tmp_path / mi_main.SUMMARY_FILE).exists()
 
@@ -86,7 +93,18 @@ def test_resume_refuses_another_shape_or_input(small_file, known_mi_file, tmp_pa
 
 
 def test_flags_file_round_trip(small_file, tmp_path):
-    argv = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--no-jit", "--lr", "0.002", *SMALL_RUN]
+    argv = [
+        "--input",
+        small_file,
+        "--output_dir",
+        str(tmp_path),
+        "--n_epoch",
+        "2",
+        "--no-jit",
+        "--lr",
+        "0.002",
+        *SMALL_RUN,
+    ]
     run_main(argv)
     written = (tmp_path / mi_main.FLAGS_FILE).read_text()
     assert "--no-jit" in written and "--lr 0.002" in written
@@ -94,7 +112,9 @@ def test_flags_file_round_trip(small_file, tmp_path):
 
 
 def test_quiet_prints_only_the_final_line(small_file, tmp_path, capsys):
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--quiet", *SMALL_RUN], capsys)
+    status, out, err = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--quiet", *SMALL_RUN], capsys
+    )
     assert status == 0
     assert len(out.strip().splitlines()) == 1 and out.startswith("estimated I(X; Z)")
 
@@ -107,7 +127,9 @@ def test_plot_is_a_png(small_file, tmp_path):
 
 def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, capsys, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest)
+    )
     status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path / "out"), "--plot"], capsys)
     assert status == 2
     assert err.strip() == "mi_main.py: error: --plot needs matplotlib, which is not installed: pip install matplotlib"
@@ -120,7 +142,9 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     trained = MineModel(10, 1, 32, 1, activation=mi_main.ACTIVATION)
     tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
-        transform = make_transform(str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11)
+        transform = make_transform(
+            str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11
+        )
     rows = tf.constant(transform(np.loadtxt(small_file))[None])
     np.testing.assert_allclose(critic(rows)[0].numpy(), trained(rows)[0].numpy(), rtol=1e-6)
 
@@ -128,7 +152,9 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     assert status == 0 and "nats" in out
     again = mi_main.main(["--input", small_file, "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)])
     reported = out.strip().splitlines()[-1]
-    assert reported.startswith("bound of") and float(reported.split(": ")[1].split()[0]) == pytest.approx(again["mi_estimate"], abs=1e-4)
+    assert reported.startswith("bound of") and float(reported.split(": ")[1].split()[0]) == pytest.approx(
+        again["mi_estimate"], abs=1e-4
+    )
 
 
 def test_evaluate_only_applies_the_column_checks(small_file, tmp_path, capsys):
@@ -141,7 +167,9 @@ def test_evaluate_only_applies_the_column_checks(small_file, tmp_path, capsys):
 
 def test_terminal_gets_a_progress_bar_instead_of_epoch_lines(small_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN], capsys)
+    status, out, err = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN], capsys
+    )
     assert status == 0
     assert "3/3" in out and "held-out" in out
     assert not any(line.startswith("epoch ") for line in out.splitlines())

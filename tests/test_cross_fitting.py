@@ -36,14 +36,18 @@ def test_standard_error_and_interval_by_hand():
     assert lower_bound == pytest.approx(1.0 - 2.353 * spread / 2)  # one-sided: t(0.95) with 3 degrees of freedom
 
 
-@pytest.mark.parametrize("probability, dof, exact", [(0.975, 11, 2.201), (0.975, 30, 2.042), (0.95, 11, 1.796), (0.95, 30, 1.697)])
+@pytest.mark.parametrize(
+    "probability, dof, exact", [(0.975, 11, 2.201), (0.975, 30, 2.042), (0.95, 11, 1.796), (0.95, 30, 1.697)]
+)
 def test_t_quantile_beyond_the_table(probability, dof, exact):
     assert t_quantile(probability, dof) == pytest.approx(exact, abs=0.005)
 
 
 def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=1500, mi_nats=0.5, seed=7)
-    status, out, _ = run_main(["--input", path, "--output_dir", str(tmp_path), "--folds", "3", "--n_epoch", "10", *SMALL_RUN], capsys)
+    status, out, _ = run_main(
+        ["--input", path, "--output_dir", str(tmp_path), "--folds", "3", "--n_epoch", "10", *SMALL_RUN], capsys
+    )
     assert status == 0 and "±" in out.strip().splitlines()[-1]
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
     assert summary["folds"] == 3 and len(summary["fold_estimates"]) == 3
@@ -69,28 +73,59 @@ def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
 
 def test_folds_refuse_a_distribution_strategy(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=9)
-    status, _, err = run_main(["--input", path, "--output_dir", str(tmp_path), "--folds", "2", "--strategy", "mirrored"], capsys)
+    status, _, err = run_main(
+        ["--input", path, "--output_dir", str(tmp_path), "--folds", "2", "--strategy", "mirrored"], capsys
+    )
     assert status == 2 and "--folds" in err and "--strategy mirrored" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("flags, named", [(["--cache_dir", "CACHE"], "--cache_dir"), (["--strategy", "mirrored"], "--strategy mirrored")])
+@pytest.mark.parametrize(
+    "flags, named", [(["--cache_dir", "CACHE"], "--cache_dir"), (["--strategy", "mirrored"], "--strategy mirrored")]
+)
 def test_several_candidates_refuse_streaming_and_replicas(known_mi_file, tmp_path, capsys, flags, named):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=11)
     flags = [str(tmp_path / "cache") if flag == "CACHE" else flag for flag in flags]
-    status, _, err = run_main(["--input", path, "--output_dir", str(tmp_path / "out"), "--folds", "1",
-                               "--candidates", "rank:tanh,standardize:relu", *flags], capsys)
+    status, _, err = run_main(
+        [
+            "--input",
+            path,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--folds",
+            "1",
+            "--candidates",
+            "rank:tanh,standardize:relu",
+            *flags,
+        ],
+        capsys,
+    )
     assert status == 2 and "--candidates" in err and named in err and len(err.strip().splitlines()) == 1
 
 
 def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=10)
     # a constant rate: a cosine schedule stretches to the new --n_epoch on resuming
-    flags = ["--input", path, "--folds", "2", "--activation", "tanh", "--lr_schedule", "constant", "--checkpoint_seconds", "0", *SMALL_RUN]
+    flags = [
+        "--input",
+        path,
+        "--folds",
+        "2",
+        "--activation",
+        "tanh",
+        "--lr_schedule",
+        "constant",
+        "--checkpoint_seconds",
+        "0",
+        *SMALL_RUN,
+    ]
     run_main([*flags, "--output_dir", str(tmp_path / "whole"), "--n_epoch", "4"], capsys)
     run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--n_epoch", "2"], capsys)
     run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--n_epoch", "4", "--resume"], capsys)
     for fold in ("fold-1", "fold-2"):
-        np.testing.assert_allclose(np.loadtxt(tmp_path / "resumed" / fold / mi_main.HELD_OUT_FILE),
-                                   np.loadtxt(tmp_path / "whole" / fold / mi_main.HELD_OUT_FILE), atol=1e-6)
+        np.testing.assert_allclose(
+            np.loadtxt(tmp_path / "resumed" / fold / mi_main.HELD_OUT_FILE),
+            np.loadtxt(tmp_path / "whole" / fold / mi_main.HELD_OUT_FILE),
+            atol=1e-6,
+        )
         critic = tf.keras.models.load_model(tmp_path / "resumed" / fold / mi_main.CRITIC_FILE)
         assert critic.statistics_network.activation == "tanh"

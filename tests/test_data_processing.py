@@ -83,7 +83,9 @@ def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch, resample_late
 
 def test_several_critics_train_on_the_smallest_count_each_from_its_own_rows():
     sizes = (40, 41, 39)
-    critic_rows = [np.full((n, 2), k, np.float32) + np.arange(n, dtype=np.float32)[:, None] / 100 for k, n in enumerate(sizes)]
+    critic_rows = [
+        np.full((n, 2), k, np.float32) + np.arange(n, dtype=np.float32)[:, None] / 100 for k, n in enumerate(sizes)
+    ]
     batches, batch_rows = next(iter(epoch_batches(critic_rows, 16, seed=0, first_epoch=0, n_epoch=1)))
     assert batches.shape == (3, 3, 16, 2) and list(batch_rows.numpy()) == [16, 16, 7]
     for k in range(3):
@@ -201,7 +203,9 @@ def test_paired_marginals_keep_x_bar_and_take_another_real_rows_z_bar():
     rows = np.zeros((2, 12, 4), np.float32)  # two critics: 10 and 7 real rows, then padding
     for k, count in enumerate((10, 7)):
         rows[k, :count] = np.column_stack([index, index + 100, index + 200, index + 300])[:count]
-    paired = paired_marginals(rows, np.array([10, 7], np.int32), seed=0, epoch=3, stream=1, resample_latent_dim=1).numpy()
+    paired = paired_marginals(
+        rows, np.array([10, 7], np.int32), seed=0, epoch=3, stream=1, resample_latent_dim=1
+    ).numpy()
     for k, count in enumerate((10, 7)):
         real = paired[k, :count]
         assert sorted(real[:, 0]) == list(index[:count])  # every real row once, padding last
@@ -270,7 +274,9 @@ def test_streamed_and_in_memory_epochs_see_every_row_once(tmp_path, monkeypatch)
     in_memory = epochs_as_arrays(rows, 8, seed=0, first_epoch=0, n_epoch=2)
     orders = []
     for epoch in range(2):
-        chunks = streamed_epoch(cache_path, width, count, 8, seed=0, epoch=epoch, shuffle_buffer=32, transform=lambda raw: raw)
+        chunks = streamed_epoch(
+            cache_path, width, count, 8, seed=0, epoch=epoch, shuffle_buffer=32, transform=lambda raw: raw
+        )
         seen = np.concatenate([full.numpy().reshape(-1, 4) for full, last in chunks])
         np.testing.assert_array_equal(np.sort(seen[:, 0]), rows[:, 0])
         np.testing.assert_array_equal(np.sort(in_memory[epoch][:, 0]), rows[:, 0])

@@ -24,8 +24,12 @@ def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
     bound_of = f_divergence_bound if estimator == "mine_f" else donsker_varadhan_bound
     real_rows = tf.constant([[1.0] * 33 + [0.0] * 7])  # the last 7 are padding
     expected = bound_of(joint_scores[:, :33], marginal_scores[:, :33])
-    found = cross_replica_bound(joint_scores, marginal_scores, estimator, lambda value: value, lambda value: value, real_rows)
-    np.testing.assert_allclose([float(value) for value in found[:3]], [float(value[0]) for value in expected], rtol=1e-6)
+    found = cross_replica_bound(
+        joint_scores, marginal_scores, estimator, lambda value: value, lambda value: value, real_rows
+    )
+    np.testing.assert_allclose(
+        [float(value) for value in found[:3]], [float(value[0]) for value in expected], rtol=1e-6
+    )
 
 
 def train_one_epoch(strategy, estimator, initial_weights, batches, batch_rows):
@@ -56,7 +60,9 @@ def test_mirrored_replicas_train_exactly_as_one_device(estimator, mirrored):
     batches, batch_rows = next(iter(epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=1, resample_latent_dim=1)))
     assert list(batch_rows.numpy()) == [32, 32, 6]  # the padded last batch: its padding splits unevenly too
     initial_weights = MineModel(10, 1, 32, 1, estimator).get_weights()
-    one_means, one_weights = train_one_epoch(tf.distribute.get_strategy(), estimator, initial_weights, batches, batch_rows)
+    one_means, one_weights = train_one_epoch(
+        tf.distribute.get_strategy(), estimator, initial_weights, batches, batch_rows
+    )
     two_means, two_weights = train_one_epoch(mirrored, estimator, initial_weights, batches, batch_rows)
     np.testing.assert_allclose(two_means, one_means, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one_weights[0], initial_weights[0])  # it did train
@@ -76,17 +82,46 @@ def free_ports(count):
 
 def test_two_workers_on_loopback_give_the_single_process_estimate(known_mi_file, tmp_path):
     path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=8)
-    flags = ["--input", path, "--folds", "1", "--candidates", "rank:tanh", "--n_epoch", "3", "--batch_size", "128", "--hid_width", "32", "--no-jit"]
+    flags = [
+        "--input",
+        path,
+        "--folds",
+        "1",
+        "--candidates",
+        "rank:tanh",
+        "--n_epoch",
+        "3",
+        "--batch_size",
+        "128",
+        "--hid_width",
+        "32",
+        "--no-jit",
+    ]
     single = mi_main.main([*flags, "--output_dir", str(tmp_path / "single")])
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
-        environment = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "mi_main.py"), *flags, "--strategy", "multi_worker", "--output_dir", str(tmp_path / "cluster")],
-            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        environment = dict(
+            os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        )
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(REPO, "mi_main.py"),
+                    *flags,
+                    "--strategy",
+                    "multi_worker",
+                    "--output_dir",
+                    str(tmp_path / "cluster"),
+                ],
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for worker in workers:
         output, _ = worker.communicate(timeout=240)
         assert worker.returncode == 0, output

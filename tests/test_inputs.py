@@ -36,19 +36,33 @@ def test_estimate_from_arrays_is_near_the_truth_and_writes_nothing(tmp_path, mon
 
 def test_estimate_with_an_output_dir_writes_what_the_command_line_writes(tmp_path):
     x, z = gaussian(800, 0.5)
-    summary = mi_main.estimate(x, z[:, 0], output_dir=str(tmp_path / "out"), quiet=True, n_epoch=2, batch_size=128,
-                               hid_width=32, folds=2, candidates="rank:tanh")
-    assert json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())["mi_estimate"] == pytest.approx(summary["mi_estimate"])
+    summary = mi_main.estimate(
+        x,
+        z[:, 0],
+        output_dir=str(tmp_path / "out"),
+        quiet=True,
+        n_epoch=2,
+        batch_size=128,
+        hid_width=32,
+        folds=2,
+        candidates="rank:tanh",
+    )
+    assert json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())["mi_estimate"] == pytest.approx(
+        summary["mi_estimate"]
+    )
     assert len(np.loadtxt(tmp_path / "out" / mi_main.ESTIMATE_FILE)) == 2
 
 
-@pytest.mark.parametrize("arrays, flags, message", [
-    ("short z", {}, "x has 100 rows and z 99"),
-    ("nan", {}, "x, row 8: NaN"),
-    ("ok", {"lr": -1}, "argument --lr: must be greater than 0"),
-    ("ok", {"n_epochs": 3}, "unknown flag 'n_epochs'"),
-    ("ok", {"data_dim": 4}, "--data_dim 4 disagrees with the arrays x and z"),
-])
+@pytest.mark.parametrize(
+    "arrays, flags, message",
+    [
+        ("short z", {}, "x has 100 rows and z 99"),
+        ("nan", {}, "x, row 8: NaN"),
+        ("ok", {"lr": -1}, "argument --lr: must be greater than 0"),
+        ("ok", {"n_epochs": 3}, "unknown flag 'n_epochs'"),
+        ("ok", {"data_dim": 4}, "--data_dim 4 disagrees with the arrays x and z"),
+    ],
+)
 def test_estimate_refuses_bad_input_with_the_command_lines_message(arrays, flags, message):
     x, z = gaussian(100, 0.5)
     if arrays == "short z":
@@ -101,16 +115,25 @@ def test_csv_columns_by_name_and_by_range(tmp_path, capsys):
         summary = json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())
         assert status == 0 and summary["rows"] == 600 and summary["hyperparameters"]["data_dim"] == 3
     tsv = write_table(tmp_path / "table.tsv", ["a", "b", "c", "y"], np.column_stack([x, z]), delimiter="\t")
-    assert run_quietly(["--input", tsv, "--data_dim", "3"], capsys, tmp_path)[0] == 0  # exactly data_dim + latent_dim columns
+    assert (
+        run_quietly(["--input", tsv, "--data_dim", "3"], capsys, tmp_path)[0] == 0
+    )  # exactly data_dim + latent_dim columns
 
 
-@pytest.mark.parametrize("change, columns, expected", [
-    (None, ["--x_columns", "a,q", "--z_columns", "y"], ["--x_columns names no column 'q'", "columns: a, b, c, noise, y"]),
-    (None, ["--x_columns", "0-7", "--z_columns", "y"], ["--x_columns names no column '0-7'"]),
-    (None, [], ["5 columns; name the columns of x and z with --x_columns and --z_columns"]),
-    ("text", ["--x_columns", "a,b,c", "--z_columns", "y"], ["line 4, column 'b': 'oops' is not a number"]),
-    ("missing", ["--x_columns", "a,b,c", "--z_columns", "y"], ["line 4, column 'b': missing value"]),
-])
+@pytest.mark.parametrize(
+    "change, columns, expected",
+    [
+        (
+            None,
+            ["--x_columns", "a,q", "--z_columns", "y"],
+            ["--x_columns names no column 'q'", "columns: a, b, c, noise, y"],
+        ),
+        (None, ["--x_columns", "0-7", "--z_columns", "y"], ["--x_columns names no column '0-7'"]),
+        (None, [], ["5 columns; name the columns of x and z with --x_columns and --z_columns"]),
+        ("text", ["--x_columns", "a,b,c", "--z_columns", "y"], ["line 4, column 'b': 'oops' is not a number"]),
+        ("missing", ["--x_columns", "a,b,c", "--z_columns", "y"], ["line 4, column 'b': missing value"]),
+    ],
+)
 def test_csv_refusals_name_the_column_and_line(tmp_path, capsys, change, columns, expected):
     x, z = gaussian(50, 0.5)
     cells = [[f"{value:.6g}" for value in row] for row in np.column_stack([x, np.zeros(50), z])]
@@ -127,7 +150,9 @@ def test_units_bits_divides_the_estimates_by_ln_2(known_mi_file, tmp_path, capsy
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=13)
     summaries = {}
     for units in ("nats", "bits"):
-        status, out, _ = run_main(["--input", path, *TINY_RUN, "--quiet", "--units", units, "--output_dir", str(tmp_path / units)], capsys)
+        status, out, _ = run_main(
+            ["--input", path, *TINY_RUN, "--quiet", "--units", units, "--output_dir", str(tmp_path / units)], capsys
+        )
         summaries[units] = json.loads((tmp_path / units / mi_main.SUMMARY_FILE).read_text())
         assert status == 0 and f" {units} (95 % interval" in out
     assert summaries["bits"]["units"] == "bits" and summaries["bits"]["true_mi_nats"] == 0.5

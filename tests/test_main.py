@@ -43,17 +43,29 @@ def test_wrong_column_count_names_the_line(tmp_path, capsys):
     path = write_rows(tmp_path, rows)
     with open(path, "a") as stream:
         stream.write("1 2 3\n")
-    assert_refused(["--input", path, "--batch_size", "2"], capsys, tmp_path, path, "line 6", "expected 22", "--data_dim 10")
+    assert_refused(
+        ["--input", path, "--batch_size", "2"], capsys, tmp_path, path, "line 6", "expected 22", "--data_dim 10"
+    )
 
 
 def test_fewer_training_rows_than_one_batch_names_val_fraction(tmp_path, capsys):
     path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(100, 22)))
-    assert_refused(["--input", path, "--folds", "1", "--batch_size", "90"], capsys, tmp_path, "100 rows", "80 of them for training", "--val_fraction 0.2", "--batch_size 90")
+    assert_refused(
+        ["--input", path, "--folds", "1", "--batch_size", "90"],
+        capsys,
+        tmp_path,
+        "100 rows",
+        "80 of them for training",
+        "--val_fraction 0.2",
+        "--batch_size 90",
+    )
 
 
 def test_too_few_rows_for_the_folds_names_folds(tmp_path, capsys):
     path = write_rows(tmp_path, np.random.default_rng(0).normal(size=(100, 22)))
-    assert_refused(["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "--folds 5", "--batch_size 90")
+    assert_refused(
+        ["--input", path, "--batch_size", "90"], capsys, tmp_path, "100 rows", "--folds 5", "--batch_size 90"
+    )
 
 
 def test_too_few_rows_for_any_estimate_says_what_is_needed(tmp_path, capsys):
@@ -74,11 +86,15 @@ def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, 
 def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
     args = mi_main.parse_args(["--batch_size", "8"])
     notes = mi_main.batch_and_epochs_for_rows(args, 1600)  # 200 steps an epoch
-    assert args.n_epoch == mi_main.STEP_BUDGET // 200 and notes == [f"16 epochs, not {mi_main.N_EPOCH}: 3,200 steps of 200 an epoch"]
+    assert args.n_epoch == mi_main.STEP_BUDGET // 200 and notes == [
+        f"16 epochs, not {mi_main.N_EPOCH}: 3,200 steps of 200 an epoch"
+    ]
     args = mi_main.parse_args(["--batch_size", "8", "--n_epoch", "100"])
     assert mi_main.batch_and_epochs_for_rows(args, 1600) == [] and args.n_epoch == 100
     args = mi_main.parse_args([])
-    assert mi_main.batch_and_epochs_for_rows(args, 8000) == [] and args.n_epoch == mi_main.N_EPOCH  # 10,000 rows: as before
+    assert (
+        mi_main.batch_and_epochs_for_rows(args, 8000) == [] and args.n_epoch == mi_main.N_EPOCH
+    )  # 10,000 rows: as before
 
 
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
@@ -107,12 +123,22 @@ def test_fewer_rows_than_one_batch(tmp_path, capsys):
 
 def test_data_size_that_disagrees_names_both_numbers(tmp_path, capsys):
     path = write_rows(tmp_path, np.ones((10, 22)))
-    assert_refused(["--input", path, "--data_size", "20", "--batch_size", "2"], capsys, tmp_path, "--data_size 20", "10 rows")
+    assert_refused(
+        ["--input", path, "--data_size", "20", "--batch_size", "2"], capsys, tmp_path, "--data_size 20", "10 rows"
+    )
 
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--batch_size", "0"), ("--lr", "-0.1"), ("--n_epoch", "0"), ("--hid_width", "-3"), ("--lr", "fast"), ("--val_fraction", "1.5"), ("--ema_rate", "-1")],
+    [
+        ("--batch_size", "0"),
+        ("--lr", "-0.1"),
+        ("--n_epoch", "0"),
+        ("--hid_width", "-3"),
+        ("--lr", "fast"),
+        ("--val_fraction", "1.5"),
+        ("--ema_rate", "-1"),
+    ],
 )
 def test_zero_or_negative_hyperparameter_names_the_flag(tmp_path, capsys, flag, value):
     assert_refused([flag, value], capsys, tmp_path, flag)
@@ -124,8 +150,14 @@ def run_real_process(argv, cwd):
     ignore TF_CPP_MIN_LOG_LEVEL, whichever CPU runs the test."""
     environment = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
     environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run([sys.executable, os.path.join(REPO, "mi_main.py"), *argv],
-                          capture_output=True, text=True, cwd=cwd, timeout=180, env=environment)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "mi_main.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=180,
+        env=environment,
+    )
 
 
 def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
@@ -139,7 +171,9 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
 
 def test_a_normal_run_in_a_real_process_prints_nothing_on_stderr(known_mi_file, tmp_path):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=12)
-    result = run_real_process(["--input", path, "--output_dir", str(tmp_path / "out"), "--n_epoch", "2", "--batch_size", "128"], tmp_path)
+    result = run_real_process(
+        ["--input", path, "--output_dir", str(tmp_path / "out"), "--n_epoch", "2", "--batch_size", "128"], tmp_path
+    )
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.strip().splitlines()[-1].startswith("estimated I(X; Z)")
 
@@ -152,7 +186,10 @@ def test_start_up_log_keeps_only_what_the_log_level_lets_through():
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n"
         "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
     )
-    assert mi_main.startup_lines_kept(text, 2) == "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
+    assert (
+        mi_main.startup_lines_kept(text, 2)
+        == "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
+    )
     assert mi_main.startup_lines_kept(text, 0) == text.split("\n", 1)[1]
     assert mi_main.startup_lines_kept("a line of our own\n", 2) == "a line of our own\n"
 
@@ -188,7 +225,9 @@ def test_the_persistent_xla_cache_lives_per_cpu_and_turns_off(monkeypatch, tmp_p
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
     output_dir = tmp_path / "out"
-    status, out, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "40", "--seed", "1"], capsys)
+    status, out, _ = run_main(
+        ["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "40", "--seed", "1"], capsys
+    )
     assert status == 0
     assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 40
 
@@ -199,7 +238,16 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
     np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
 
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
-    for key in ["mi_estimate", "n_epoch", "rows", "batch_size", "seed", "train_seconds", "samples_per_second", "hyperparameters"]:
+    for key in [
+        "mi_estimate",
+        "n_epoch",
+        "rows",
+        "batch_size",
+        "seed",
+        "train_seconds",
+        "samples_per_second",
+        "hyperparameters",
+    ]:
         assert key in summary
     assert summary["rows"] == 3000 and summary["held_out_rows"] == 600 and summary["true_mi_nats"] == 1.0
     assert summary["hyperparameters"]["hid_width"] == mi_main.HID_WIDTH
@@ -213,7 +261,10 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
 def test_each_estimator_end_to_end(known_mi_file, tmp_path, capsys, estimator):
     path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=2)
     output_dir = tmp_path / "out"
-    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "30", "--estimator", estimator], capsys)
+    status, _, _ = run_main(
+        ["--input", path, "--output_dir", str(output_dir), "--folds", "1", "--n_epoch", "30", "--estimator", estimator],
+        capsys,
+    )
     assert status == 0
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
     assert summary["estimator"] == estimator
@@ -233,7 +284,9 @@ def test_joint_only_file_gets_resampled_marginals(tmp_path, capsys):
 def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=4)
     output_dir = tmp_path / "out"
-    status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "3", "--val_fraction", "0"], capsys)
+    status, _, _ = run_main(
+        ["--input", path, "--output_dir", str(output_dir), "--n_epoch", "3", "--val_fraction", "0"], capsys
+    )
     assert status == 0
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
     assert summary["held_out_rows"] == 0 and summary["rows"] == summary["training_rows"] == 1000
@@ -257,7 +310,10 @@ def assert_reference_files_at_the_top(output_dir, n_epoch):
 @pytest.mark.parametrize("folds", [[], ["--folds", "1"]], ids=["default folds", "one split"])
 def test_the_reference_run_on_its_own_sample(tmp_path, capsys, folds):
     output_dir = tmp_path / "out"
-    status, _, _ = run_main(["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir), *folds], capsys)
+    status, _, _ = run_main(
+        ["--input", SHARED_SAMPLE, "--batch_size", "2", "--n_epoch", "10", "--output_dir", str(output_dir), *folds],
+        capsys,
+    )
     assert status == 0
     assert_reference_files_at_the_top(output_dir, 10)
 
@@ -277,9 +333,15 @@ def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path,
     assert status == 0
     estimates, parts, held_out = assert_reference_files_at_the_top(output_dir, 4)
     folds = [output_dir / f"fold-{k}" for k in range(1, mi_main.FOLDS + 1)]
-    np.testing.assert_allclose(estimates, np.mean([np.loadtxt(fold / mi_main.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6)
-    np.testing.assert_allclose(parts, np.mean([np.loadtxt(fold / mi_main.PARTS_FILE) for fold in folds], axis=0), atol=1e-6)
-    np.testing.assert_allclose(held_out, np.mean([np.loadtxt(fold / mi_main.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        estimates, np.mean([np.loadtxt(fold / mi_main.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        parts, np.mean([np.loadtxt(fold / mi_main.PARTS_FILE) for fold in folds], axis=0), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        held_out, np.mean([np.loadtxt(fold / mi_main.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6
+    )
     assert (output_dir / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -60,7 +60,9 @@ def test_model_cost_is_minus_the_bound_of_its_network_scores():
     rows = tf.random.stateless_normal([1, 32, 22], seed=[1, 2])
     cost, joint_part, marginal_part = model(rows)
     network = model.statistics_network
-    expected, expected_joint, expected_marginal = donsker_varadhan_bound(network(rows[..., :11]), network(rows[..., 11:]))
+    expected, expected_joint, expected_marginal = donsker_varadhan_bound(
+        network(rows[..., :11]), network(rows[..., 11:])
+    )
     assert float(cost[0]) == pytest.approx(-float(expected[0]), abs=1e-5)
     assert float(joint_part[0]) == pytest.approx(float(expected_joint[0]), abs=1e-5)
     assert float(marginal_part[0]) == pytest.approx(float(expected_marginal[0]), abs=1e-5)

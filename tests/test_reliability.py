@@ -21,8 +21,6 @@ from mi_data_processing import InputError, load_rows
 SMALL_RUN = ["--folds", "1", "--candidates", "rank:tanh", "--batch_size", "128", "--hid_width", "32"]
 
 
-
-
 @pytest.fixture
 def small_file(known_mi_file):
     return known_mi_file(n_rows=1000, mi_nats=0.5, seed=5)
@@ -30,8 +28,26 @@ def small_file(known_mi_file):
 
 def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path, capsys):
     # relu: with tanh's bounded hidden units even this rate keeps every value finite
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "4", "--optimizer", "sgd",
-                            "--lr", "1e9", "--checkpoint_seconds", "0", *SMALL_RUN, "--candidates", "rank:relu"], capsys)
+    status, out, err = run_main(
+        [
+            "--input",
+            small_file,
+            "--output_dir",
+            str(tmp_path),
+            "--n_epoch",
+            "4",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e9",
+            "--checkpoint_seconds",
+            "0",
+            *SMALL_RUN,
+            "--candidates",
+            "rank:relu",
+        ],
+        capsys,
+    )
     assert status == 3
     assert err.strip().count("\n") == 0 and "smaller --lr" in err
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
@@ -44,8 +60,21 @@ def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path,
 def test_a_signal_stops_after_the_epoch_and_keeps_its_results(known_mi_file, tmp_path, signal_number):
     path = known_mi_file(n_rows=4000, mi_nats=0.5, seed=3)
     process = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "mi_main.py"), "--input", path, "--output_dir", str(tmp_path), "--n_epoch", "100000", "--folds", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            os.path.join(REPO, "mi_main.py"),
+            "--input",
+            path,
+            "--output_dir",
+            str(tmp_path),
+            "--n_epoch",
+            "100000",
+            "--folds",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in process.stdout:
         if line.startswith("epoch    3/"):
@@ -77,7 +106,9 @@ def test_a_failed_write_leaves_the_previous_files_whole(small_file, tmp_path, ca
 
 def test_a_second_run_into_the_same_directory_is_refused(small_file, tmp_path, capsys):
     (tmp_path / mi_main.LOCK_FILE).write_text(f"{os.getppid()}\n")  # a live process
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
+    status, out, err = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys
+    )
     assert status == 2 and f"process {os.getppid()}" in err
 
 
@@ -85,7 +116,9 @@ def test_a_stale_lock_is_taken_over(small_file, tmp_path, capsys):
     dead = subprocess.Popen(["true"])
     dead.wait()
     (tmp_path / mi_main.LOCK_FILE).write_text(f"{dead.pid}\n")
-    status, _, _ = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys)
+    status, _, _ = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys
+    )
     assert status == 0
     assert not (tmp_path / mi_main.LOCK_FILE).exists()
 
@@ -97,8 +130,33 @@ def test_same_seed_gives_identical_estimate_files(small_file, tmp_path, capsys):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
 
-TOKENS = st.sampled_from(["1", "-2.5", "1e308", "1e-320", "3.4e39", "nan", "NaN", "inf", "-Infinity", "x", "1,5", "0x10",
-                          "1e", "--1", "", "\t", "#", "# note", "\ufeff", "\r", "\x00", "é", "1_000"])
+TOKENS = st.sampled_from(
+    [
+        "1",
+        "-2.5",
+        "1e308",
+        "1e-320",
+        "3.4e39",
+        "nan",
+        "NaN",
+        "inf",
+        "-Infinity",
+        "x",
+        "1,5",
+        "0x10",
+        "1e",
+        "--1",
+        "",
+        "\t",
+        "#",
+        "# note",
+        "\ufeff",
+        "\r",
+        "\x00",
+        "é",
+        "1_000",
+    ]
+)
 LINES = st.lists(TOKENS, min_size=0, max_size=5).map(" ".join)
 FILES = st.one_of(
     st.lists(LINES, max_size=6).map(lambda lines: "\n".join(lines).encode("utf-8")),

@@ -50,7 +50,9 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
     for fast, plain in zip(fast_model.weights, plain_model.weights):
         np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-4, atol=1e-5)
     # the epoch's figures are the row-weighted means of the batches'
-    np.testing.assert_allclose(fast_means, (sizes[:, None] * np.array(per_batch)).sum(axis=0) / 100, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        fast_means, (sizes[:, None] * np.array(per_batch)).sum(axis=0) / 100, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_no_retrace_after_the_first_epoch():
@@ -83,9 +85,13 @@ def test_stacked_critics_train_exactly_as_separate_ones():
         alone.statistics_network.set_weights(initial.critic_weights(k))
         alone_means = compiled_epoch(alone, alone_optimizer)(batches[k : k + 1], batch_rows).numpy()[0]
         np.testing.assert_allclose(means[k], alone_means, rtol=1e-5, atol=1e-6)
-        for weight, alone_weight in zip(together.statistics_network.critic_weights(k), alone.statistics_network.get_weights()):
+        for weight, alone_weight in zip(
+            together.statistics_network.critic_weights(k), alone.statistics_network.get_weights()
+        ):
             np.testing.assert_allclose(weight, alone_weight, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(together.log_moving_average.numpy()[k], alone.log_moving_average.numpy()[0], rtol=1e-5)
+        np.testing.assert_allclose(
+            together.log_moving_average.numpy()[k], alone.log_moving_average.numpy()[0], rtol=1e-5
+        )
     assert int(together_optimizer.iterations) == 4
 
 
