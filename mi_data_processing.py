@@ -96,7 +96,8 @@ def checked_array(values, where, row_offset=0):
     finite = np.isfinite(rows).all(axis=1)
     if not finite.all():
         raise InputError(
-            f"{where}, row {row_offset + int(np.argmin(finite)) + 1}: NaN or infinity (or a number beyond float32 range)"
+            f"{where}, row {row_offset + int(np.argmin(finite)) + 1}: NaN or infinity (or a number beyond float32 "
+            "range)"
         )
     return rows
 
@@ -152,7 +153,8 @@ def parse_columns(spec, header, path, flag):
                 indices.extend(span)
                 continue
         raise InputError(
-            f"{path}: {flag} names no column '{part}' (columns: {', '.join(header)}; or 0-based indices and ranges such as 0-{len(header) - 1})"
+            f"{path}: {flag} names no column '{part}' (columns: {', '.join(header)}; or 0-based indices and ranges "
+            f"such as 0-{len(header) - 1})"
         )
     return indices
 

@@ -216,7 +216,8 @@ OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
 LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
 SEED = 0
 JIT = True  # compile each epoch with XLA
-STRATEGY = "default"  # "default": one device; "mirrored": all local GPUs (or CPU_REPLICAS); "multi_worker": TF_CONFIG's cluster
+# "default": one device; "mirrored": all local GPUs (or CPU_REPLICAS); "multi_worker": TF_CONFIG's cluster
+STRATEGY = "default"
 CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
 # Output
 OUTPUT_DIR = "results"
@@ -291,13 +292,16 @@ def make_parser():
         "--activation",
         choices=ACTIVATIONS,
         default=argparse.SUPPRESS,
-        help=f"of T's hidden layers (relu: the reference's); with --transform, one fixed critic instead of --candidates (default: {ACTIVATION})",
+        help="of T's hidden layers (relu: the reference's); with --transform, one fixed critic instead of "
+        f"--candidates (default: {ACTIVATION})",
     )
     model.add_argument(
         "--candidates",
         type=candidate_list,
         default=argparse.SUPPRESS,
-        help=f"critics trained side by side on every fold, each TRANSFORM:ACTIVATION; the one with the highest held-out bound is chosen per fold; one candidate: a fixed critic (default: {CANDIDATES}, or {TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)",
+        help="critics trained side by side on every fold, each TRANSFORM:ACTIVATION; each fold is read at the one "
+        f"with the highest held-out bound on the other folds; one candidate: a fixed critic (default: {CANDIDATES}, or "
+        f"{TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)",
     )
     model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
     model.add_argument("--latent_dim", type=positive(int), default=LATENT_DIM, help="columns of z")
@@ -312,12 +316,14 @@ def make_parser():
     data.add_argument(
         "--input",
         default=INPUT,
-        help="the samples: a row file (.dat, .txt: x, z, x_bar, z_bar per line, or x, z alone; .npy: one such array), a .npz with arrays x and z, or a .csv/.tsv table with a header (see --x_columns)",
+        help="the samples: a row file (.dat, .txt: x, z, x_bar, z_bar per line, or x, z alone; .npy: one such array), "
+        "a .npz with arrays x and z, or a .csv/.tsv table with a header (see --x_columns)",
     )
     data.add_argument(
         "--x_columns",
         default=X_COLUMNS,
-        help="with a .csv or .tsv --input: the columns of x, as header names, 0-based indices or ranges such as 0-9, comma-separated (None: the first --data_dim)",
+        help="with a .csv or .tsv --input: the columns of x, as header names, 0-based indices or ranges such as 0-9, "
+        "comma-separated (None: the first --data_dim)",
     )
     data.add_argument(
         "--z_columns",
@@ -334,25 +340,30 @@ def make_parser():
         "--folds",
         type=positive(int),
         default=argparse.SUPPRESS,
-        help=f"cross-fit over this many folds: the estimate is their mean, with a standard error, a 95%% interval and a 95%% lower confidence bound; 1: one split by --val_fraction (default: {FOLDS}, or 1 with --val_fraction, --cache_dir or a --strategy other than default)",
+        help="cross-fit over this many folds: the estimate is their mean, with a standard error, a 95%% interval and "
+        f"a 95%% lower confidence bound; 1: one split by --val_fraction (default: {FOLDS}, or 1 with "
+        "--val_fraction, --cache_dir or a --strategy other than default)",
     )
     data.add_argument(
         "--val_fraction",
         type=fraction,
         default=argparse.SUPPRESS,
-        help=f"with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the reference (default: {VAL_FRACTION})",
+        help="with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the "
+        f"reference (default: {VAL_FRACTION})",
     )
     data.add_argument(
         "--transform",
         choices=TRANSFORMS,
         default=argparse.SUPPRESS,
-        help=f"per-column map fitted on the training rows; with --activation, one fixed critic instead of --candidates (default: {TRANSFORM})",
+        help="per-column map fitted on the training rows; with --activation, one fixed critic instead of --candidates "
+        f"(default: {TRANSFORM})",
     )
     data.add_argument(
         "--marginal",
         choices=["resample", "file"],
         default=MARGINAL,
-        help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half as it is",
+        help="resample: pair each x_bar with another row's z_bar, afresh every epoch; file: the file's marginal half "
+        "as it is",
     )
     data.add_argument(
         "--cache_dir",
@@ -400,7 +411,8 @@ def make_parser():
         "--strategy",
         choices=["default", "mirrored", "multi_worker"],
         default=STRATEGY,
-        help="tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the TF_CONFIG environment variable",
+        help="tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the "
+        "TF_CONFIG environment variable",
     )
     training.add_argument(
         "--cpu_replicas",
@@ -425,7 +437,8 @@ def make_parser():
         "--checkpoint_seconds",
         type=float,
         default=CHECKPOINT_SECONDS,
-        help="at most one checkpoint per this many seconds, the last epoch's always saved; 0: no limit (a save costs about as much as a 3,000-row epoch)",
+        help="at most one checkpoint per this many seconds, the last epoch's always saved; 0: no limit (a save costs "
+        "about as much as a 3,000-row epoch)",
     )
     output.add_argument(
         "--keep_checkpoints",
@@ -495,7 +508,8 @@ def candidate_list(text):
         transform, _, activation = candidate.partition(":")
         if transform not in TRANSFORMS or activation not in ACTIVATIONS:
             raise argparse.ArgumentTypeError(
-                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION in {', '.join(ACTIVATIONS)}"
+                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION "
+                f"in {', '.join(ACTIVATIONS)}"
             )
     if len(set(text.split(","))) != len(text.split(",")):
         raise argparse.ArgumentTypeError(f"'{text}' names a candidate twice")
@@ -565,7 +579,8 @@ def read_input(args, arrays=None):
         ):
             if getattr(args, flag) not in (width, default):
                 fail(
-                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} columns"
+                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} "
+                    "columns"
                 )
         args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
         rows = np.concatenate([x, z], axis=1).astype(np.float32)
@@ -580,7 +595,10 @@ def read_input(args, arrays=None):
         except InputError as error:
             message = str(error)
             if "columns, expected" in message:
-                message += f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, or {width} for the joint half alone)"
+                message += (
+                    f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, "
+                    f"or {width} for the joint half alone)"
+                )
             fail(message)
     width = args.data_dim + args.latent_dim
     check_file_against_flags(args, *rows.shape)
@@ -595,7 +613,8 @@ def check_file_against_flags(args, total_rows, file_width):
         fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
     if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
         fail(
-            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone ({file_width} columns)"
+            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone "
+            f"({file_width} columns)"
         )
 
 
@@ -620,12 +639,14 @@ def folds_for_rows(args, rows):
         return []
     if "folds" not in args.adaptable:
         fail(
-            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} held-out "
+            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} "
+            "held-out "
             f"rows per fold ({MIN_HELD_OUT * args.folds} rows)"
         )
     if rows < 2 * MIN_HELD_OUT:
         fail(
-            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held out "
+            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
+            "out "
             "by each of two folds"
         )
     default, args.folds = args.folds, rows // MIN_HELD_OUT
@@ -657,7 +678,8 @@ def split_input(args, rows):
         )
     if args.val_fraction > 0 and len(held_out_rows) < 4:
         fail(
-            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are needed"
+            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are "
+            "needed"
         )
     return training_rows, held_out_rows
 
@@ -698,7 +720,8 @@ def in_memory_data(args, resample_latent_dim, arrays=None):
         adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
         if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
             fail(
-                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size {args.batch_size}"
+                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size "
+                f"{args.batch_size}"
             )
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
@@ -740,7 +763,8 @@ def streamed_data(args, resample_latent_dim):
     adapted = batch_and_epochs_for_rows(args, training_rows)
     if training_rows < args.batch_size:
         fail(
-            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch (--batch_size {args.batch_size})"
+            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch "
+            f"(--batch_size {args.batch_size})"
         )
 
     def full_width(raw):
@@ -800,7 +824,7 @@ def make_train_step(model, optimizer):
             cost, joint_part, marginal_part = model(batch, real_rows, training=True)
             total_cost = tf.reduce_sum(cost)  # critics share no weight: each gets its own gradient
         gradients = tape.gradient(total_cost, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return tf.stack([-cost, joint_part, marginal_part], axis=1)
 
     return train_step
@@ -953,7 +977,7 @@ class CompiledCritics:
     def reset(self, initial_weights):
         """Back to the start of a run: the given weights, a fresh optimizer."""
         self.model.set_weights(initial_weights)
-        for variable, value in zip(self.optimizer.variables, self.initial_optimizer_state):
+        for variable, value in zip(self.optimizer.variables, self.initial_optimizer_state, strict=True):
             variable.assign(value)
 
 
@@ -1027,7 +1051,8 @@ def make_strategy(args):
     if args.strategy == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             fail(
-                "--strategy multi_worker needs the TF_CONFIG environment variable describing the cluster (README: Scaling out)"
+                "--strategy multi_worker needs the TF_CONFIG environment variable describing the cluster (README: "
+                "Scaling out)"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if tf.config.list_physical_devices("GPU"):
@@ -1040,7 +1065,8 @@ def make_strategy(args):
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < args.cpu_replicas:
         fail(
-            f"--cpu_replicas {args.cpu_replicas}: TensorFlow started with {len(devices)} CPU device(s) and cannot split it now"
+            f"--cpu_replicas {args.cpu_replicas}: TensorFlow started with {len(devices)} CPU device(s) and cannot "
+            "split it now"
         )
     return tf.distribute.MirroredStrategy([device.name for device in devices[: args.cpu_replicas]])
 
@@ -1113,7 +1139,8 @@ def acquire_lock(output_dir):
                 holder = None
             if holder is not None and process_exists(holder):
                 fail(
-                    f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or choose another --output_dir"
+                    f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or "
+                    "choose another --output_dir"
                 )
             try:
                 os.unlink(path)  # stale: its process is gone
@@ -1200,12 +1227,14 @@ def check_resumable(args, checkpoint_dir, identity):
         fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
     if saved["input_sha256"] != identity["input_sha256"]:
         fail(
-            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in {checkpoint_dir} was trained on"
+            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in "
+            f"{checkpoint_dir} was trained on"
         )
     for name in RESUME_MUST_MATCH:
         if saved[name] != identity[name]:
             fail(
-                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not {identity[name]}"
+                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not "
+                f"{identity[name]}"
             )
 
 
@@ -1292,7 +1321,8 @@ def evaluate_only(args, arrays=None):
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
     bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
     print(
-        f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal pairings)"
+        f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal "
+        "pairings)"
     )
     return {"mi_estimate": bound, "rows": len(rows)}
 
@@ -1371,7 +1401,8 @@ def run(args, arrays=None):
         require_matplotlib()
     if args.folds > 1 and args.strategy != "default":
         fail(
-            f"--folds trains its critics side by side on one device; it does not combine with --strategy {args.strategy}"
+            "--folds trains its critics side by side on one device; it does not combine with --strategy "
+            f"{args.strategy}"
         )
     if "," in args.candidates and (args.cache_dir or args.strategy != "default"):
         fail(

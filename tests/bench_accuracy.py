@@ -26,8 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mi_main  # noqa: E402
 from known_mi import TASK_MAKERS  # noqa: E402
+
+import mi_main  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar_path  # noqa: E402
 
 # name: (true MI, generator keyword arguments): the Gaussian-copula family
@@ -119,12 +120,14 @@ def main():
             print(
                 f"| {name} | {family} | {truth:.3f} | {estimates.mean():.3f} ± {estimates.std():.3f} | "
                 f"{estimates.mean() - truth:+.3f} | {np.abs(estimates - truth).max():.3f} | "
-                f"{mean_or_dash(last_epoch)} | {f'{sum(covered)} of {len(covered)}' if covered else '-'} | {mean_or_dash(widths)} | "
+                f"{mean_or_dash(last_epoch)} | {f'{sum(covered)} of {len(covered)}' if covered else '-'} | "
+                f"{mean_or_dash(widths)} | "
                 f"{f'{sum(below)} of {len(below)}' if below else '-'} | {np.mean(seconds):.1f} |",
                 flush=True,
             )
     print(
-        "\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width | truth above the 95 % lower bound |"
+        "\n| family | tasks | mean abs error | 95 % interval covers truth | mean interval width | truth above the 95 % "
+        "lower bound |"
     )
     print("|" + " --- |" * 6)
     for family, names in families.items():
@@ -143,12 +146,14 @@ def main():
     small_coverage = [hit for truth, hits in coverage.values() if truth <= 2 for hit in hits]
     if small_coverage:
         print(
-            f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of {len(small_coverage)} cases, "
+            f"tasks with MI <= 2: the 95 % interval covered the truth in {sum(small_coverage)} of "
+            f"{len(small_coverage)} cases, "
             f"mean width {np.mean([width for truth, width in interval_widths.values() if truth <= 2]):.3f}"
         )
         small_holds = [hold for truth, holds in lower_bound_holds.values() if truth <= 2 for hold in holds]
         print(
-            f"tasks with MI <= 2: the truth was at or above the 95 % lower bound in {sum(small_holds)} of {len(small_holds)} cases"
+            f"tasks with MI <= 2: the truth was at or above the 95 % lower bound in {sum(small_holds)} of "
+            f"{len(small_holds)} cases"
         )
 
 

@@ -122,7 +122,8 @@ def main():
     print("| --- | --- | --- |")
     print(f"| shipped data, one process | {single:.4f} | |")
     print(
-        f"| shipped data, 2 workers on loopback | {cluster:.4f} | within 0.05 of one process: {abs(single - cluster):.4f} |"
+        f"| shipped data, 2 workers on loopback | {cluster:.4f} | within 0.05 of one process: "
+        f"{abs(single - cluster):.4f} |"
     )
     print(f"| cache build, rows/s ({cached_rows:,} rows) | {cache_rate:,.0f} | |")
     print(f"| numpy.loadtxt, rows/s (first {sample_rows:,} rows) | {loadtxt_rate:,.0f} | |")
@@ -132,7 +133,8 @@ def main():
         f"| in-memory training rows/s after epoch 1 (500,000 rows) | {in_memory['training_rows_per_second']:,.0f} | |"
     )
     print(
-        f"| streamed / in-memory | {streamed['training_rows_per_second'] / in_memory['training_rows_per_second']:.2f} | >= 0.5 |"
+        f"| streamed / in-memory | {streamed['training_rows_per_second'] / in_memory['training_rows_per_second']:.2f} "
+        "| >= 0.5 |"
     )
     print(f"| peak RSS of the processes run, GB (the streamed one is the largest) | {peak_rss_gb:.2f} | < 1.5 |")
 

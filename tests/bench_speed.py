@@ -41,8 +41,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
 import tensorflow as tf  # noqa: E402
+
+import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
 from mi_data_processing import epoch_batches, make_known_mi_rows, save_rows  # noqa: E402
 from mi_layers import training_flops_per_row  # noqa: E402
 from mi_model import MineModel  # noqa: E402
@@ -242,7 +243,8 @@ def main():
         plain = per_batch_python_loop(rows, batch_size)
         ceiling = matmul_ceiling(batch_size, max(1, n_rows // batch_size // 4))
         print(
-            f"| {batch_size} | {project:,.0f} | {without_xla:,.0f} | {plain:,.0f} | {ceiling:,.0f} | {project / plain:.2f} | "
+            f"| {batch_size} | {project:,.0f} | {without_xla:,.0f} | {plain:,.0f} | {ceiling:,.0f} | "
+            f"{project / plain:.2f} | "
             f"{project / ceiling:.2f} | {project * FLOPS_PER_ROW / 1e9:.1f} | {first_epoch_extra:.2f} |",
             flush=True,
         )

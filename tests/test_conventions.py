@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_main
 
 import mi_main
-from conftest import run_main
 from mi_data_processing import make_transform
 from mi_model import MineModel
 
@@ -68,7 +68,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
         np.testing.assert_allclose(resumed, uninterrupted, atol=1e-6)
     resumed_critic = tf.keras.models.load_model(interrupted / mi_main.CRITIC_FILE)
     whole_critic = tf.keras.models.load_model(whole / mi_main.CRITIC_FILE)
-    for resumed_weight, whole_weight in zip(resumed_critic.weights, whole_critic.weights):
+    for resumed_weight, whole_weight in zip(resumed_critic.weights, whole_critic.weights, strict=True):
         np.testing.assert_allclose(resumed_weight.numpy(), whole_weight.numpy(), atol=1e-6)
 
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_main
 
 import mi_main
-from conftest import run_main
 from mi_data_processing import fold_rows
 from mi_model import cross_fitted_interval, t_quantile
 

@@ -77,7 +77,9 @@ def epochs_as_arrays(rows, batch_size, seed, first_epoch, n_epoch, resample_late
     """Each epoch's real rows, in the order trained (one critic)."""
     epochs = []
     for batches, batch_rows in epoch_batches([rows], batch_size, seed, first_epoch, n_epoch, resample_latent_dim):
-        epochs.append(np.concatenate([batch[:size] for batch, size in zip(batches.numpy()[0], batch_rows.numpy())]))
+        epochs.append(
+            np.concatenate([batch[:size] for batch, size in zip(batches.numpy()[0], batch_rows.numpy(), strict=True)])
+        )
     return epochs
 
 
@@ -89,7 +91,9 @@ def test_several_critics_train_on_the_smallest_count_each_from_its_own_rows():
     batches, batch_rows = next(iter(epoch_batches(critic_rows, 16, seed=0, first_epoch=0, n_epoch=1)))
     assert batches.shape == (3, 3, 16, 2) and list(batch_rows.numpy()) == [16, 16, 7]
     for k in range(3):
-        real = np.concatenate([batch[:size] for batch, size in zip(batches.numpy()[k], batch_rows.numpy())])
+        real = np.concatenate(
+            [batch[:size] for batch, size in zip(batches.numpy()[k], batch_rows.numpy(), strict=True)]
+        )
         assert len(set(real[:, 0])) == 39 and np.all(np.floor(real[:, 0]) == k)  # 39 distinct rows of its own
 
 

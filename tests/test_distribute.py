@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 import mi_main
-from conftest import REPO
 from mi_data_processing import epoch_batches
 from mi_model import ESTIMATORS, MineModel, cross_replica_bound, donsker_varadhan_bound, f_divergence_bound
 
@@ -66,7 +66,7 @@ def test_mirrored_replicas_train_exactly_as_one_device(estimator, mirrored):
     two_means, two_weights = train_one_epoch(mirrored, estimator, initial_weights, batches, batch_rows)
     np.testing.assert_allclose(two_means, one_means, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one_weights[0], initial_weights[0])  # it did train
-    for two, one in zip(two_weights, one_weights):
+    for two, one in zip(two_weights, one_weights, strict=True):
         np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
 
 

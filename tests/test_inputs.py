@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 import mi_main
-from conftest import run_main
 
 TINY_RUN = ["--n_epoch", "2", "--batch_size", "128", "--hid_width", "32", "--folds", "2"]
 

@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, run_main
 
 import mi_main
-from conftest import REPO, run_main
 from mi_data_processing import make_known_mi_rows
 
 SHARED_SAMPLE = os.path.join(REPO, "..", "shared", "reference_sample", "combined_input.dat")

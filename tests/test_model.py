@@ -8,13 +8,13 @@ import tensorflow as tf
 
 from mi_model import (
     ESTIMATORS,
-    cross_selected_estimate,
-    held_out_stderr,
-    pooled_selected_estimates,
     MineModel,
+    cross_selected_estimate,
     donsker_varadhan_bound,
     f_divergence_bound,
+    held_out_stderr,
     log_mean_exp,
+    pooled_selected_estimates,
     split_halves,
     updated_log_moving_average,
     with_averaged_gradient,
@@ -131,7 +131,7 @@ def test_padding_rows_leave_the_bound_as_the_real_rows_alone():
     for bound_of in (donsker_varadhan_bound, f_divergence_bound):
         expected = bound_of(real, real[:, ::-1])
         masked = bound_of(padded, tf.concat([real[:, ::-1], tf.fill([2, 3, 1], 50.0)], axis=1), mask)
-        for value, expected_value in zip(masked, expected):
+        for value, expected_value in zip(masked, expected, strict=True):
             np.testing.assert_allclose(value.numpy(), expected_value.numpy(), rtol=1e-6)
 
 

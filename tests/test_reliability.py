@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mi_main
-from conftest import REPO, run_main
 from mi_data_processing import InputError, load_rows
 
 # One split (--folds 1): these tests read the files of a single critic in OUTPUT_DIR.

@@ -47,7 +47,7 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
     sizes = batch_rows.numpy()
 
     assert int(fast_optimizer.iterations) == int(plain_optimizer.iterations) == 7
-    for fast, plain in zip(fast_model.weights, plain_model.weights):
+    for fast, plain in zip(fast_model.weights, plain_model.weights, strict=True):
         np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-4, atol=1e-5)
     # the epoch's figures are the row-weighted means of the batches'
     np.testing.assert_allclose(
@@ -86,7 +86,7 @@ def test_stacked_critics_train_exactly_as_separate_ones():
         alone_means = compiled_epoch(alone, alone_optimizer)(batches[k : k + 1], batch_rows).numpy()[0]
         np.testing.assert_allclose(means[k], alone_means, rtol=1e-5, atol=1e-6)
         for weight, alone_weight in zip(
-            together.statistics_network.critic_weights(k), alone.statistics_network.get_weights()
+            together.statistics_network.critic_weights(k), alone.statistics_network.get_weights(), strict=True
         ):
             np.testing.assert_allclose(weight, alone_weight, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
