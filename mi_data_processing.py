@@ -1,5 +1,8 @@
-"""Input for MINE: read and check the row file, shuffle and batch it every
-epoch, and make files whose true mutual information is known.
+"""Input and output for MINE: read and check the input of every format,
+split it into folds and fit the defaults to its size, shuffle and batch it
+every epoch (in memory or streamed from a binary cache), write the results
+files atomically under a lock, check what --resume needs unchanged, and
+make files whose true mutual information is known.
 
 A row holds 2 * (data_dim + latent_dim) numbers: the joint half (x, z) then
 the marginal half (x_bar, z_bar), as the reference's files do
@@ -15,6 +18,8 @@ marginal pairs are then always made by pairing x with another row's z.
 
 import argparse
 import csv
+import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +33,7 @@ class InputError(ValueError):
     """A problem with the input file; the message names the file and line."""
 
 
-def load_rows(path, columns):
+def load_rows(path: str, columns: int | tuple[int, ...]) -> np.ndarray:
     """Reads the row file at `path` as a float32 array [rows, width].
 
     `columns` is the width each row must have, or a tuple of the widths
@@ -116,7 +121,7 @@ def load_npy(path, columns):
     return rows
 
 
-def load_npz(path):
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, z) from the arrays named x and z of a .npz file."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
@@ -490,9 +495,15 @@ def build_cache(path, columns, cache_dir):
                 f"{cache_path}: cache is corrupt ({size} bytes, expected {expected}); delete it to rebuild the cache"
             )
         return cache_path, description["rows"], description["width"]
+    rows, width = _write_cache(path, columns, allowed, cache_path + ".partial")
+    os.replace(cache_path + ".partial", cache_path)
+    save_json(description_path, {**identity, "rows": rows, "width": width})
+    return cache_path, rows, width
 
+
+def _write_cache(path, columns, allowed, temporary):
+    """Parses the row file into raw float32 rows in `temporary`; returns (rows, width)."""
     width, rows = _first_row_width(path), 0
-    temporary = cache_path + ".partial"
     with open(temporary, "wb") as stream:
         try:
             if width not in allowed:
@@ -519,9 +530,7 @@ def build_cache(path, columns, cache_dir):
     if rows == 0:
         os.unlink(temporary)
         raise InputError(f"{path}: no data rows")
-    os.replace(temporary, cache_path)
-    save_json(description_path, {**identity, "rows": rows, "width": width})
-    return cache_path, rows, width
+    return rows, width
 
 
 def _first_row_width(path):
@@ -589,8 +598,14 @@ def streamed_epoch(
 
 
 def make_known_mi_rows(
-    n_rows, mi_nats, seed=0, data_dim=10, correlation=0.0, x_distortion="identity", z_distortion="identity"
-):
+    n_rows: int,
+    mi_nats: float,
+    seed: int = 0,
+    data_dim: int = 10,
+    correlation: float = 0.0,
+    x_distortion: str = "identity",
+    z_distortion: str = "identity",
+) -> tuple[np.ndarray, dict]:
     """Rows in the 22-column layout whose true I(X; Z) is `mi_nats`.
 
     x ~ N(0, S) with S = (1 - correlation) I + correlation (all ones), and
@@ -666,6 +681,470 @@ def save_rows(path, rows):
 
 def save_json(path, content):
     write_atomically(path, lambda stream: stream.write(json.dumps(content, indent=2) + "\n"))
+
+
+# Run inputs: the rows a run's flags name, split and adapted to their size
+def fail(message):
+    """Ends the run on bad input: main() prints the message as one line on
+    stderr with exit status 2; estimate() raises it (a ValueError)."""
+    raise InputError(message)
+
+
+def input_name(args):
+    """How messages name the input: the file, or the arrays given to estimate()."""
+    return args.input if args.input is not None else "the arrays x and z"
+
+
+def read_input(args, arrays=None):
+    """The checked rows, always in the full 2 * (data_dim + latent_dim) layout.
+
+    From `arrays` (x, z) when given (estimate()), else from --input by its
+    extension: .npz and .csv/.tsv give x and z apart, and set --data_dim
+    and --latent_dim to their widths. A joint-only input gets a copy of
+    its joint half as marginal half; the resampling then pairs each x with
+    another row's z.
+    """
+    suffix = os.path.splitext(args.input)[1].lower() if arrays is None else None
+    if arrays is None and suffix == ".npz":
+        arrays = load_npz(args.input)
+    elif arrays is None and suffix in TABLE_DELIMITERS:
+        arrays = load_table(args.input, args.x_columns, args.z_columns, args.data_dim, args.latent_dim)
+    if arrays is not None:
+        x, z = arrays
+        # a width other than the default must agree with the data's
+        for flag, variable, width in (("data_dim", "x", x.shape[1]), ("latent_dim", "z", z.shape[1])):
+            if flag not in args.adaptable and getattr(args, flag) != width:
+                fail(
+                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} "
+                    "columns"
+                )
+        args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
+        rows = np.concatenate([x, z], axis=1).astype(np.float32)
+    else:
+        width = args.data_dim + args.latent_dim
+        try:
+            rows = (
+                load_npy(args.input, (2 * width, width))
+                if suffix == ".npy"
+                else load_rows(args.input, (2 * width, width))
+            )
+        except InputError as error:
+            message = str(error)
+            if "columns, expected" in message:
+                message += (
+                    f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, "
+                    f"or {width} for the joint half alone)"
+                )
+            fail(message)
+    width = args.data_dim + args.latent_dim
+    check_file_against_flags(args, *rows.shape)
+    if rows.shape[1] == width:
+        rows = np.concatenate([rows, rows], axis=1)
+    return rows
+
+
+def check_file_against_flags(args, total_rows, file_width):
+    """Ends the run if the file's row count or layout contradicts the flags."""
+    if args.data_size is not None and args.data_size != total_rows:
+        fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
+    if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
+        fail(
+            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone "
+            f"({file_width} columns)"
+        )
+
+
+def resampled_latent_dim(args):
+    """How many trailing columns (z_bar) get fresh pairings; 0 keeps the file's."""
+    return args.latent_dim if args.marginal == "resample" else 0
+
+
+def candidates(args):
+    """[(transform, activation), ...] of --candidates."""
+    return [tuple(candidate.split(":")) for candidate in args.candidates.split(",")]
+
+
+MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
+
+
+def folds_for_rows(args, rows):
+    """Fewer folds than the default where the rows cannot give each fold
+    MIN_HELD_OUT held-out rows; returns the start line's note, if any.
+    Refuses an input too small for any estimate, saying what it needs."""
+    if args.folds == 1 or rows >= MIN_HELD_OUT * args.folds:
+        return []
+    if "folds" not in args.adaptable:
+        fail(
+            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} "
+            "held-out "
+            f"rows per fold ({MIN_HELD_OUT * args.folds} rows)"
+        )
+    if rows < 2 * MIN_HELD_OUT:
+        fail(
+            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
+            "out "
+            "by each of two folds"
+        )
+    default, args.folds = args.folds, rows // MIN_HELD_OUT
+    return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
+
+
+def batch_and_epochs_for_rows(args, training_rows, step_budget):
+    """A default batch cut to a critic's training rows where they are fewer
+    (all of them: smaller batches read lower on 300 rows), and fewer default
+    epochs where step_budget steps take fewer; returns the start line's notes."""
+    notes = []
+    if "batch_size" in args.adaptable and training_rows < args.batch_size:
+        default, args.batch_size = args.batch_size, training_rows
+        notes.append(f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows")
+    steps = -(-training_rows // args.batch_size)
+    if "n_epoch" in args.adaptable and steps * args.n_epoch > step_budget:
+        default, args.n_epoch = args.n_epoch, max(1, -(-step_budget // steps))
+        notes.append(f"{args.n_epoch} epochs, not {default}: {step_budget:,} steps of {steps:,} an epoch")
+    return notes
+
+
+def split_input(args, rows):
+    """(training, held_out) rows, checked to be enough for a batch and an evaluation."""
+    training_rows, held_out_rows = split_rows(rows, args.val_fraction, args.seed)
+    if len(training_rows) < args.batch_size:
+        fail(
+            f"{input_name(args)} has {len(rows)} rows, {len(training_rows)} of them for training after --val_fraction "
+            f"{args.val_fraction}: fewer than one batch (--batch_size {args.batch_size})"
+        )
+    if args.val_fraction > 0 and len(held_out_rows) < 4:
+        fail(
+            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are "
+            "needed"
+        )
+    return training_rows, held_out_rows
+
+
+class TrainingData:
+    """Where each epoch's rows come from, for all the critics: in memory or
+    streamed from a cache.
+
+    epochs(first_epoch) yields, for each epoch from first_epoch on, an
+    iterable of (batches, batch_rows) chunks as epoch_batches makes them,
+    with a leading critic axis: one chunk in memory, one per window
+    when streamed. held_out_rows and transform_parameters hold one entry per
+    critic; training_counts each critic's training rows (each epoch every
+    critic trains on as many as the smallest has).
+    """
+
+    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs, adapted=()):
+        self.total_rows = total_rows
+        self.adapted = list(adapted)  # the start line's notes on defaults fitted to a small input
+        self.training_counts = training_counts
+        self.held_out_rows = held_out_rows
+        self.transform_parameters = transform_parameters
+        self.epochs = epochs
+        self.critics = len(training_counts)
+        self.rows_per_epoch = min(training_counts)
+
+
+def in_memory_data(args, resample_latent_dim, step_budget, arrays=None):
+    """The rows in memory: per fold (one split by --val_fraction, or
+    --folds), one critic per candidate (--candidates)."""
+    rows = read_input(args, arrays)
+    adapted = folds_for_rows(args, len(rows))
+    if args.folds == 1:
+        adapted += batch_and_epochs_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]), step_budget)
+        splits = [split_input(args, rows)]
+    else:
+        splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
+        adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits), step_budget)
+        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
+            fail(
+                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size "
+                f"{args.batch_size}"
+            )
+    sample_width = args.data_dim + args.latent_dim
+    training_sets, held_out_sets, parameters_per_critic = [], [], []
+    for training_rows, held_out_rows in splits:
+        for kind, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
+            parameters = fit_transform_parameters(kind, training_rows, sample_width)
+            transform = make_transform(kind, parameters, sample_width)
+            training_sets.append(transform(training_rows))
+            held_out_sets.append(transform(held_out_rows))
+            parameters_per_critic.append(parameters)
+
+    def epochs(first_epoch):
+        for element in epoch_batches(
+            training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim
+        ):
+            yield [element]
+
+    return TrainingData(
+        len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted
+    )
+
+
+def streamed_data(args, resample_latent_dim, step_budget, transform_sample):
+    """The input through a binary cache, in bounded memory, for one critic
+    (streaming does not cross-fit). The held-out
+    rows are a fixed block at the end of the file (at most one shard), so
+    the file should be in random order; the input map is fitted on a
+    random sample of transform_sample training rows."""
+    width = args.data_dim + args.latent_dim
+    try:
+        cache_path, total_rows, file_width = build_cache(args.input, (2 * width, width), args.cache_dir)
+    except InputError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--cache_dir {args.cache_dir}: {error.strerror}")
+    check_file_against_flags(args, total_rows, file_width)
+    held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
+    training_rows = total_rows - held_out
+    adapted = batch_and_epochs_for_rows(args, training_rows, step_budget)
+    if training_rows < args.batch_size:
+        fail(
+            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch "
+            f"(--batch_size {args.batch_size})"
+        )
+
+    def full_width(raw):
+        return np.concatenate([raw, raw], axis=1) if file_width == width else raw
+
+    if args.val_fraction > 0 and held_out < 4:
+        fail(f"--val_fraction {args.val_fraction} holds out {held_out} of {total_rows} rows; at least 4 are needed")
+
+    rng = np.random.default_rng(args.seed)
+    keep = min(1.0, transform_sample / training_rows)
+    sample = []
+    for start in range(0, training_rows, SHARD_ROWS):
+        shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
+        sample.append(shard[rng.random(len(shard)) < keep])
+    ((kind, _),) = candidates(args)  # run() refuses several with --cache_dir
+    parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
+    transform = make_transform(kind, parameters, width)
+    held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
+
+    def epochs(first_epoch):
+        for epoch in range(first_epoch, args.n_epoch):
+            yield streamed_epoch(
+                cache_path,
+                file_width,
+                training_rows,
+                args.batch_size,
+                args.seed,
+                epoch,
+                args.shuffle_buffer,
+                lambda raw: transform(full_width(raw)),
+                resample_latent_dim,
+            )
+
+    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
+
+
+# Run outputs: the results files, the lock that keeps runs apart, and what --resume checks
+ESTIMATE_FILE = "MINE_estimated_mutual_information.dat"
+
+PARTS_FILE = "MINE_cost_parts.dat"
+
+HELD_OUT_FILE = "MINE_held_out_mutual_information.dat"
+
+SUMMARY_FILE = "summary.json"
+
+FLAGS_FILE = "flags.txt"
+
+CRITIC_FILE = "critic.keras"
+
+TRANSFORM_FILE = "input_transform.npz"  # beside the critic: the input map it was trained on
+
+PLOT_FILE = "mi_curve.png"
+
+CHECKPOINT_DIR = "checkpoints"
+
+RUN_IDENTITY_FILE = "run.json"  # in CHECKPOINT_DIR: what --resume must find unchanged
+
+
+class OutputError(OSError):
+    """The results could not be written; the files already there are the
+    previous complete ones."""
+
+
+def require_matplotlib():
+    if importlib.util.find_spec("matplotlib") is None:
+        fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
+
+
+def save_curves(output_dir, history, has_held_out, plot, truth):
+    """The per-epoch files of one or more critics into output_dir:
+    history is [epochs, critics, 6] (training-rows bound, joint part,
+    marginal part, held-out bound, its two halves); with several critics
+    each row holds their mean."""
+    mean = history.mean(axis=1)
+    save_rows(os.path.join(output_dir, ESTIMATE_FILE), mean[:, 0])
+    save_rows(os.path.join(output_dir, PARTS_FILE), mean[:, 1:3])
+    if has_held_out:
+        save_rows(os.path.join(output_dir, HELD_OUT_FILE), mean[:, 3])
+    if plot and len(history):
+        save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
+
+
+def save_plot(path, history, truth):
+    """The bound per epoch: with one critic on its training and held-out
+    rows; with several, each critic's held-out curve and their means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history) + 1)
+    critics = history.shape[1]
+    has_held_out = not np.isnan(history[:, :, 3]).all()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    if critics > 1 and has_held_out:
+        for k in range(critics):
+            axes.plot(
+                epochs,
+                history[:, k, 3],
+                color="tab:orange",
+                alpha=0.3,
+                linewidth=0.8,
+                label=f"held-out rows, each of {critics} critics" if k == 0 else None,
+            )
+    mean_of = f"mean of {critics} critics, " if critics > 1 else ""
+    axes.plot(epochs, history[:, :, 0].mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
+    if has_held_out:
+        axes.plot(epochs, history[:, :, 3].mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
+    if truth is not None:
+        axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
+    axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
+    axes.legend()
+    figure.tight_layout()
+    write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
+    plt.close(figure)
+
+
+def save_critic(output_dir, model, transform_kind, transform_parameters):
+    """The trained model as a .keras file, and beside it the input map it
+    was trained on (--evaluate_only needs both)."""
+    temporary = os.path.join(output_dir, ".tmp-" + CRITIC_FILE)
+    model.save(temporary)
+    os.replace(temporary, os.path.join(output_dir, CRITIC_FILE))
+    write_atomically(
+        os.path.join(output_dir, TRANSFORM_FILE),
+        lambda stream: np.savez(stream, kind=transform_kind, **transform_parameters),
+        binary=True,
+    )
+
+
+LOCK_FILE = ".lock"
+
+
+def acquire_lock(output_dir):
+    """Claims output_dir for this process, or ends the run naming the
+    process that holds it. A lock left by a process that no longer runs is
+    taken over. Returns the lock file's path."""
+    path = os.path.join(output_dir, LOCK_FILE)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as stream:
+                    holder = int(stream.read().strip())
+            except (OSError, ValueError):
+                holder = None
+            if holder is not None and process_exists(holder):
+                fail(
+                    f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or "
+                    "choose another --output_dir"
+                )
+            try:
+                os.unlink(path)  # stale: its process is gone
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
+        return path
+    fail(f"--output_dir {output_dir}: cannot take its lock file {path}")
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# What --resume must find unchanged: any of these changes the split, the
+# network or the steps, and the continued run would not be the same run.
+RESUME_MUST_MATCH = (
+    "data_dim",
+    "latent_dim",
+    "hid_width",
+    "out_width",
+    "candidates",
+    "estimator",
+    "seed",
+    "val_fraction",
+    "folds",
+    "marginal",
+    "batch_size",
+    "optimizer",
+)
+
+
+def run_identity(args, arrays=None):
+    if arrays is not None:
+        digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
+    else:
+        with open(args.input, "rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
+    return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
+
+
+def check_resumable(args, checkpoint_dir, identity):
+    try:
+        with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)) as stream:
+            saved = json.load(stream)
+    except (OSError, ValueError):
+        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
+    if tf.train.latest_checkpoint(checkpoint_dir) is None:
+        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
+    if saved["input_sha256"] != identity["input_sha256"]:
+        fail(
+            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in "
+            f"{checkpoint_dir} was trained on"
+        )
+    for name in RESUME_MUST_MATCH:
+        if saved[name] != identity[name]:
+            fail(
+                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not "
+                f"{identity[name]}"
+            )
+
+
+NATS_PER_BIT = math.log(2.0)
+
+ESTIMATE_KEYS = (
+    "mi_estimate",
+    "mi_stderr",
+    "mi_ci95",
+    "mi_lower_95",
+    "fold_estimates",
+    "held_out_last_epoch",
+    "training_rows_estimate",
+)
+
+
+def in_units(summary, units):
+    """summary's estimates, computed in nats, in `units` (true_mi_nats stays in nats)."""
+    if units == "nats":
+        return
+    for key in ESTIMATE_KEYS:
+        value = summary.get(key)
+        if isinstance(value, list):
+            summary[key] = [None if each is None else each / NATS_PER_BIT for each in value]
+        elif value is not None:
+            summary[key] = value / NATS_PER_BIT
 
 
 def main(argv=None):

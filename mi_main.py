@@ -8,15 +8,18 @@ training rows overestimates once T fits them. Edit the defaults below or
 override any of them:
 
     python mi_main.py --input data/input_set.dat --n_epoch 100 --lr 0.001
+
+Top to bottom: the defaults; TensorFlow's start-up; the flags; the
+tf.function training step and the compiled critics; tf.distribute; the
+epoch loop; main, estimate and run; the estimate's choice and the final
+line. Reading and checking inputs, and writing results, live in
+mi_data_processing; the bounds in mi_model; the network T in mi_layers.
 """
 
 import argparse
 import contextlib
 import ctypes
 import hashlib
-import importlib.util
-import json
-import math
 import os
 import platform
 import re
@@ -27,6 +30,59 @@ import tempfile
 import time
 
 import numpy as np
+
+# Model
+HID_WIDTH = 128  # units in each of T's two hidden layers
+OUT_WIDTH = 1  # outputs of T (1: one score per sample)
+ACTIVATION = "tanh"  # of T's hidden layers: "tanh", "relu" (the reference's), "gelu" or "softplus"
+# Candidate critics trained side by side on every fold, as input map:activation; each fold is read
+# at the (candidate, epoch) with the highest mean held-out bound over the other folds (one split:
+# chosen on one held-out half, read on the other).
+CANDIDATES = "rank:tanh,asinh:relu"
+DATA_DIM = 10  # columns of x
+LATENT_DIM = 1  # columns of z
+ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
+EMA_RATE = 0.01  # weight of each batch in mine's moving average of mean exp T
+# Data
+INPUT = "data/input_set.dat"  # .dat/.txt rows, .npy, .npz (arrays x and z), or .csv/.tsv with a header
+X_COLUMNS = None  # of a .csv/.tsv input: names, 0-based indices or ranges ("0-9"); None: the first data_dim
+Z_COLUMNS = None  # of a .csv/.tsv input; None: the latent_dim after x's
+DATA_SIZE = None  # rows expected in the input; None takes the file's count
+FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
+VAL_FRACTION = (
+    0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
+)
+TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
+MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
+EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
+# Training
+BATCH_SIZE = 256
+N_EPOCH = 100
+# Default runs stop at this many steps per critic, whatever the rows: 100 epochs
+# of a 10,000-row input's 8,000 training rows. More rows buy fewer epochs, not more time.
+STEP_BUDGET = 3200
+LR = 0.003
+OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
+LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
+SEED = 0
+JIT = True  # compile each epoch with XLA
+# "default": one device; "mirrored": all local GPUs (or CPU_REPLICAS); "multi_worker": TF_CONFIG's cluster
+STRATEGY = "default"
+CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
+# Output
+OUTPUT_DIR = "results"
+ESTIMATE_OUTPUT_DIR = None  # estimate(): where the Python API writes; None: nothing anywhere
+UNITS = "nats"  # of the final line and summary.json: "nats" or "bits"
+CACHE_DIR = None  # stream the input from a binary cache here instead of loading it into memory
+SHUFFLE_BUFFER = 262_144  # rows shuffled together when streaming
+TRANSFORM_SAMPLE = 100_000  # training rows the input map is fitted on when streaming
+LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
+CHECKPOINT_EVERY = 1  # epochs between checkpoints; 0: none
+CHECKPOINT_SECONDS = 10  # and at most one per this many seconds (the last epoch's always); 0: no limit
+KEEP_CHECKPOINTS = 3  # checkpoints kept, the latest ones
+
+
+# TensorFlow's start-up: its log filter, the malloc arena cap and XLA's compile cache, before it loads
 
 # An absl log record: severity letter, date, time (or seconds since 1970), thread, file:line].
 LOG_RECORD = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ")
@@ -144,30 +200,37 @@ with tensorflow_log_filtered():
     import tensorflow as tf
 
 from mi_data_processing import (  # noqa: E402
-    SHARD_ROWS,
-    TABLE_DELIMITERS,
+    CHECKPOINT_DIR,
+    CRITIC_FILE,
+    FLAGS_FILE,
+    NATS_PER_BIT,
+    PLOT_FILE,
+    RUN_IDENTITY_FILE,
+    SUMMARY_FILE,
     TEXT_SUFFIXES,
+    TRANSFORM_FILE,
     TRANSFORMS,
     InputError,
-    build_cache,
+    OutputError,
+    acquire_lock,
+    candidates,
+    check_resumable,
     checked_array,
-    epoch_batches,
-    fit_transform_parameters,
-    fold_rows,
-    load_npy,
-    load_npz,
-    load_rows,
-    load_table,
+    fail,
+    in_memory_data,
+    in_units,
+    input_name,
     make_transform,
-    read_cached_rows,
+    read_input,
     read_sidecar,
-    real_rows_mask,
+    require_matplotlib,
+    resampled_latent_dim,
+    run_identity,
+    save_critic,
+    save_curves,
     save_json,
-    save_rows,
-    shifted_marginals,
-    split_rows,
     stacked_rows,
-    streamed_epoch,
+    streamed_data,
     write_atomically,
 )
 from mi_layers import ACTIVATIONS, training_flops_per_row  # noqa: E402
@@ -176,71 +239,12 @@ from mi_model import (  # noqa: E402
     MineModel,
     cross_fitted_interval,
     cross_selected_estimate,
+    held_out_bounds,
+    held_out_scores,
     held_out_stderr,
     normal_interval,
     pooled_selected_estimates,
 )
-
-# Model
-HID_WIDTH = 128  # units in each of T's two hidden layers
-OUT_WIDTH = 1  # outputs of T (1: one score per sample)
-ACTIVATION = "tanh"  # of T's hidden layers: "tanh", "relu" (the reference's), "gelu" or "softplus"
-# Candidate critics trained side by side on every fold, as input map:activation; each fold is read
-# at the (candidate, epoch) with the highest mean held-out bound over the other folds (one split:
-# chosen on one held-out half, read on the other).
-CANDIDATES = "rank:tanh,asinh:relu"
-DATA_DIM = 10  # columns of x
-LATENT_DIM = 1  # columns of z
-ESTIMATOR = "mine"  # "mine" (bias-corrected gradient), "mine_biased" (the reference's), "mine_f"
-EMA_RATE = 0.01  # weight of each batch in mine's moving average of mean exp T
-# Data
-INPUT = "data/input_set.dat"  # .dat/.txt rows, .npy, .npz (arrays x and z), or .csv/.tsv with a header
-X_COLUMNS = None  # of a .csv/.tsv input: names, 0-based indices or ranges ("0-9"); None: the first data_dim
-Z_COLUMNS = None  # of a .csv/.tsv input; None: the latent_dim after x's
-DATA_SIZE = None  # rows expected in the input; None takes the file's count
-FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
-VAL_FRACTION = (
-    0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
-)
-TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
-MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
-EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
-# Training
-BATCH_SIZE = 256
-N_EPOCH = 100
-# Default runs stop at this many steps per critic, whatever the rows: 100 epochs
-# of a 10,000-row input's 8,000 training rows. More rows buy fewer epochs, not more time.
-STEP_BUDGET = 3200
-LR = 0.003
-OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
-LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
-SEED = 0
-JIT = True  # compile each epoch with XLA
-# "default": one device; "mirrored": all local GPUs (or CPU_REPLICAS); "multi_worker": TF_CONFIG's cluster
-STRATEGY = "default"
-CPU_REPLICAS = 2  # logical CPU devices that --strategy mirrored uses on a machine without GPUs
-# Output
-OUTPUT_DIR = "results"
-ESTIMATE_OUTPUT_DIR = None  # estimate(): where the Python API writes; None: nothing anywhere
-UNITS = "nats"  # of the final line and summary.json: "nats" or "bits"
-CACHE_DIR = None  # stream the input from a binary cache here instead of loading it into memory
-SHUFFLE_BUFFER = 262_144  # rows shuffled together when streaming
-TRANSFORM_SAMPLE = 100_000  # training rows the input map is fitted on when streaming
-LOGDIR = None  # TensorBoard event files; None: OUTPUT_DIR/logs
-CHECKPOINT_EVERY = 1  # epochs between checkpoints; 0: none
-CHECKPOINT_SECONDS = 10  # and at most one per this many seconds (the last epoch's always); 0: no limit
-KEEP_CHECKPOINTS = 3  # checkpoints kept, the latest ones
-
-ESTIMATE_FILE = "MINE_estimated_mutual_information.dat"
-PARTS_FILE = "MINE_cost_parts.dat"
-HELD_OUT_FILE = "MINE_held_out_mutual_information.dat"
-SUMMARY_FILE = "summary.json"
-FLAGS_FILE = "flags.txt"
-CRITIC_FILE = "critic.keras"
-TRANSFORM_FILE = "input_transform.npz"  # beside the critic: the input map it was trained on
-PLOT_FILE = "mi_curve.png"
-CHECKPOINT_DIR = "checkpoints"
-RUN_IDENTITY_FILE = "run.json"  # in CHECKPOINT_DIR: what --resume must find unchanged
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -277,14 +281,8 @@ def positive(kind):
     return parse
 
 
-def make_parser():
-    parser = OneLineParser(
-        prog="mi_main.py",
-        description="Estimate I(X; Z) in nats with MINE (Donsker-Varadhan bound). "
-        "Flags may also come from a file: mi_main.py @run.args (one flag per line).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        fromfile_prefix_chars="@",
-    )
+def add_model_flags(parser):
+    """The flags of T and its bound."""
     model = parser.add_argument_group("model")
     model.add_argument("--hid_width", type=positive(int), default=HID_WIDTH, help="units in each hidden layer of T")
     model.add_argument("--out_width", type=positive(int), default=OUT_WIDTH, help="outputs of T")
@@ -312,6 +310,10 @@ def make_parser():
         help="mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound",
     )
     model.add_argument("--ema_rate", type=fraction, default=EMA_RATE, help="moving-average rate of --estimator mine")
+
+
+def add_data_flags(parser):
+    """The flags of the input, its split and its maps."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--input",
@@ -351,6 +353,11 @@ def make_parser():
         help="with one split: share of rows held out for the estimate; 0 reports the training rows' bound, as the "
         f"reference (default: {VAL_FRACTION})",
     )
+    add_map_flags(data)
+
+
+def add_map_flags(data):
+    """The data flags of the input maps, the marginal pairs and streaming."""
     data.add_argument(
         "--transform",
         choices=TRANSFORMS,
@@ -382,6 +389,10 @@ def make_parser():
         default=EVAL_PERMUTATIONS,
         help="fresh marginal pairings averaged per held-out evaluation",
     )
+
+
+def add_training_flags(parser):
+    """The flags of the optimizer, the steps and the devices."""
     training = parser.add_argument_group("training")
     training.add_argument(
         "--batch_size",
@@ -423,6 +434,10 @@ def make_parser():
     training.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --output_dir to --n_epoch epochs"
     )
+
+
+def add_output_flags(parser):
+    """The flags of what is written and printed."""
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output_dir",
@@ -461,10 +476,22 @@ def make_parser():
         metavar="CRITIC",
         help=f"no training: load a saved {CRITIC_FILE} and report its bound on --input",
     )
+
+
+def make_parser():
+    parser = OneLineParser(
+        prog="mi_main.py",
+        description="Estimate I(X; Z) in nats with MINE (Donsker-Varadhan bound). "
+        "Flags may also come from a file: mi_main.py @run.args (one flag per line).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        fromfile_prefix_chars="@",
+    )
+    for add_flags in (add_model_flags, add_data_flags, add_training_flags, add_output_flags):
+        add_flags(parser)
     return parser
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of argv, checked; a bad one raises InputError."""
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -473,7 +500,10 @@ def parse_args(argv=None):
     if args.checkpoint_seconds < 0:
         parser.error(f"argument --checkpoint_seconds: must be 0 or more, got {args.checkpoint_seconds}")
     # A small input adapts the defaults it cannot use; what was given stays.
-    args.adaptable = [name for name in ("folds", "batch_size", "n_epoch") if name not in args]
+    # data_dim and latent_dim at their defaults follow the arrays of a .npz, a table or estimate()
+    args.adaptable = [name for name in ("folds", "batch_size", "n_epoch") if name not in args] + [
+        name for name, default in (("data_dim", DATA_DIM), ("latent_dim", LATENT_DIM)) if getattr(args, name) == default
+    ]
     if "batch_size" not in args:
         args.batch_size = BATCH_SIZE
     if "n_epoch" not in args:
@@ -516,11 +546,6 @@ def candidate_list(text):
     return text
 
 
-def candidates(args):
-    """[(transform, activation), ...] of --candidates."""
-    return [tuple(candidate.split(":")) for candidate in args.candidates.split(",")]
-
-
 def critic_folders(args, folds):
     """Each critic's folder under --output_dir, fold-major (critic
     f * candidates + c): fold-F/, TRANSFORM-ACTIVATION/, or both nested."""
@@ -548,257 +573,6 @@ def flags_file_text(args):
         else:
             lines.append(f"--{name} {shlex.quote(str(value))}")
     return "\n".join(lines) + "\n"
-
-
-def fail(message):
-    """Ends the run on bad input: main() prints the message as one line on
-    stderr with exit status 2; estimate() raises it (a ValueError)."""
-    raise InputError(message)
-
-
-def read_input(args, arrays=None):
-    """The checked rows, always in the full 2 * (data_dim + latent_dim) layout.
-
-    From `arrays` (x, z) when given (estimate()), else from --input by its
-    extension: .npz and .csv/.tsv give x and z apart, and set --data_dim
-    and --latent_dim to their widths. A joint-only input gets a copy of
-    its joint half as marginal half; the resampling then pairs each x with
-    another row's z.
-    """
-    suffix = os.path.splitext(args.input)[1].lower() if arrays is None else None
-    if arrays is None and suffix == ".npz":
-        arrays = load_npz(args.input)
-    elif arrays is None and suffix in TABLE_DELIMITERS:
-        arrays = load_table(args.input, args.x_columns, args.z_columns, args.data_dim, args.latent_dim)
-    if arrays is not None:
-        x, z = arrays
-        # a width given that is not the default must agree with the data's
-        for flag, variable, width, default in (
-            ("data_dim", "x", x.shape[1], DATA_DIM),
-            ("latent_dim", "z", z.shape[1], LATENT_DIM),
-        ):
-            if getattr(args, flag) not in (width, default):
-                fail(
-                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} "
-                    "columns"
-                )
-        args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
-        rows = np.concatenate([x, z], axis=1).astype(np.float32)
-    else:
-        width = args.data_dim + args.latent_dim
-        try:
-            rows = (
-                load_npy(args.input, (2 * width, width))
-                if suffix == ".npy"
-                else load_rows(args.input, (2 * width, width))
-            )
-        except InputError as error:
-            message = str(error)
-            if "columns, expected" in message:
-                message += (
-                    f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, "
-                    f"or {width} for the joint half alone)"
-                )
-            fail(message)
-    width = args.data_dim + args.latent_dim
-    check_file_against_flags(args, *rows.shape)
-    if rows.shape[1] == width:
-        rows = np.concatenate([rows, rows], axis=1)
-    return rows
-
-
-def check_file_against_flags(args, total_rows, file_width):
-    """Ends the run if the file's row count or layout contradicts the flags."""
-    if args.data_size is not None and args.data_size != total_rows:
-        fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
-    if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
-        fail(
-            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone "
-            f"({file_width} columns)"
-        )
-
-
-def input_name(args):
-    """How messages name the input: the file, or the arrays given to estimate()."""
-    return args.input if args.input is not None else "the arrays x and z"
-
-
-def resampled_latent_dim(args):
-    """How many trailing columns (z_bar) get fresh pairings; 0 keeps the file's."""
-    return args.latent_dim if args.marginal == "resample" else 0
-
-
-MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
-
-
-def folds_for_rows(args, rows):
-    """Fewer folds than the default where the rows cannot give each fold
-    MIN_HELD_OUT held-out rows; returns the start line's note, if any.
-    Refuses an input too small for any estimate, saying what it needs."""
-    if args.folds == 1 or rows >= MIN_HELD_OUT * args.folds:
-        return []
-    if "folds" not in args.adaptable:
-        fail(
-            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} "
-            "held-out "
-            f"rows per fold ({MIN_HELD_OUT * args.folds} rows)"
-        )
-    if rows < 2 * MIN_HELD_OUT:
-        fail(
-            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
-            "out "
-            "by each of two folds"
-        )
-    default, args.folds = args.folds, rows // MIN_HELD_OUT
-    return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
-
-
-def batch_and_epochs_for_rows(args, training_rows):
-    """A default batch cut to a critic's training rows where they are fewer
-    (all of them: smaller batches read lower on 300 rows), and fewer default
-    epochs where STEP_BUDGET steps take fewer; returns the start line's notes."""
-    notes = []
-    if "batch_size" in args.adaptable and training_rows < args.batch_size:
-        default, args.batch_size = args.batch_size, training_rows
-        notes.append(f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows")
-    steps = -(-training_rows // args.batch_size)
-    if "n_epoch" in args.adaptable and steps * args.n_epoch > STEP_BUDGET:
-        default, args.n_epoch = args.n_epoch, max(1, -(-STEP_BUDGET // steps))
-        notes.append(f"{args.n_epoch} epochs, not {default}: {STEP_BUDGET:,} steps of {steps:,} an epoch")
-    return notes
-
-
-def split_input(args, rows):
-    """(training, held_out) rows, checked to be enough for a batch and an evaluation."""
-    training_rows, held_out_rows = split_rows(rows, args.val_fraction, args.seed)
-    if len(training_rows) < args.batch_size:
-        fail(
-            f"{input_name(args)} has {len(rows)} rows, {len(training_rows)} of them for training after --val_fraction "
-            f"{args.val_fraction}: fewer than one batch (--batch_size {args.batch_size})"
-        )
-    if args.val_fraction > 0 and len(held_out_rows) < 4:
-        fail(
-            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are "
-            "needed"
-        )
-    return training_rows, held_out_rows
-
-
-class TrainingData:
-    """Where each epoch's rows come from, for all the critics: in memory or
-    streamed from a cache.
-
-    epochs(first_epoch) yields, for each epoch from first_epoch on, an
-    iterable of (batches, batch_rows) chunks as epoch_batches makes them,
-    with a leading critic axis: one chunk in memory, one per window
-    when streamed. held_out_rows and transform_parameters hold one entry per
-    critic; training_counts each critic's training rows (each epoch every
-    critic trains on as many as the smallest has).
-    """
-
-    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs, adapted=()):
-        self.total_rows = total_rows
-        self.adapted = list(adapted)  # the start line's notes on defaults fitted to a small input
-        self.training_counts = training_counts
-        self.held_out_rows = held_out_rows
-        self.transform_parameters = transform_parameters
-        self.epochs = epochs
-        self.critics = len(training_counts)
-        self.rows_per_epoch = min(training_counts)
-
-
-def in_memory_data(args, resample_latent_dim, arrays=None):
-    """The rows in memory: per fold (one split by --val_fraction, or
-    --folds), one critic per candidate (--candidates)."""
-    rows = read_input(args, arrays)
-    adapted = folds_for_rows(args, len(rows))
-    if args.folds == 1:
-        adapted += batch_and_epochs_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]))
-        splits = [split_input(args, rows)]
-    else:
-        splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
-        adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits))
-        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
-            fail(
-                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size "
-                f"{args.batch_size}"
-            )
-    sample_width = args.data_dim + args.latent_dim
-    training_sets, held_out_sets, parameters_per_critic = [], [], []
-    for training_rows, held_out_rows in splits:
-        for kind, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
-            parameters = fit_transform_parameters(kind, training_rows, sample_width)
-            transform = make_transform(kind, parameters, sample_width)
-            training_sets.append(transform(training_rows))
-            held_out_sets.append(transform(held_out_rows))
-            parameters_per_critic.append(parameters)
-
-    def epochs(first_epoch):
-        for element in epoch_batches(
-            training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim
-        ):
-            yield [element]
-
-    return TrainingData(
-        len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted
-    )
-
-
-def streamed_data(args, resample_latent_dim):
-    """The input through a binary cache, in bounded memory, for one critic
-    (streaming does not cross-fit). The held-out
-    rows are a fixed block at the end of the file (at most one shard), so
-    the file should be in random order; the input map is fitted on a
-    random sample of TRANSFORM_SAMPLE training rows."""
-    width = args.data_dim + args.latent_dim
-    try:
-        cache_path, total_rows, file_width = build_cache(args.input, (2 * width, width), args.cache_dir)
-    except InputError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"--cache_dir {args.cache_dir}: {error.strerror}")
-    check_file_against_flags(args, total_rows, file_width)
-    held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
-    training_rows = total_rows - held_out
-    adapted = batch_and_epochs_for_rows(args, training_rows)
-    if training_rows < args.batch_size:
-        fail(
-            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch "
-            f"(--batch_size {args.batch_size})"
-        )
-
-    def full_width(raw):
-        return np.concatenate([raw, raw], axis=1) if file_width == width else raw
-
-    if args.val_fraction > 0 and held_out < 4:
-        fail(f"--val_fraction {args.val_fraction} holds out {held_out} of {total_rows} rows; at least 4 are needed")
-
-    rng = np.random.default_rng(args.seed)
-    keep = min(1.0, TRANSFORM_SAMPLE / training_rows)
-    sample = []
-    for start in range(0, training_rows, SHARD_ROWS):
-        shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
-        sample.append(shard[rng.random(len(shard)) < keep])
-    ((kind, _),) = candidates(args)  # run() refuses several with --cache_dir
-    parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
-    transform = make_transform(kind, parameters, width)
-    held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
-
-    def epochs(first_epoch):
-        for epoch in range(first_epoch, args.n_epoch):
-            yield streamed_epoch(
-                cache_path,
-                file_width,
-                training_rows,
-                args.batch_size,
-                args.seed,
-                epoch,
-                args.shuffle_buffer,
-                lambda raw: transform(full_width(raw)),
-                resample_latent_dim,
-            )
-
-    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
 
 
 def make_optimizer(args, total_steps):
@@ -857,85 +631,6 @@ def train_chunk(train_step, batches, batch_rows):
         return train_step(batches[:, step], tf.tile(real_rows[None], [critics, 1]))
 
     return weighted_steps(step_figures, steps, batch_rows, critics)
-
-
-def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
-    """Each critic's bound on each of its held-out parts, [critics, parts]:
-    halves is [critics, parts, most rows, columns] with counts
-    [critics, parts] real rows, as stacked_halves makes it. Each bound is
-    averaged over `passes` fresh marginal pairings (streams 1.. keep them
-    apart from the training order). One pass of the network scores every
-    part's joint half, and one every pairing's marginal half."""
-    rows, counts = halves
-    critics, parts, most_rows, columns = rows.shape
-    width = model.sample_width
-    groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
-    group_counts = tf.reshape(counts, [-1])
-    if resample_latent_dim:
-        paired = tf.stack(
-            [
-                shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
-                for stream in range(1, passes + 1)
-            ]
-        )  # [passes, groups, most_rows, columns]
-    else:  # the file's own marginal half
-        paired = groups[None]
-    joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
-    marginal_scores = model.statistics_network(
-        tf.reshape(
-            tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
-            [critics, passes * parts * most_rows, width],
-        )
-    )
-    out_width = joint_scores.shape[-1]
-    # a group per (critic, pass, part): the bound of each, then the mean over the passes
-    joint_scores = tf.tile(tf.reshape(joint_scores, [critics, 1, parts, most_rows, out_width]), [1, passes, 1, 1, 1])
-    mask = tf.tile(
-        tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1]
-    )
-    bounds = model.bound(
-        tf.reshape(joint_scores, [-1, most_rows, out_width]),
-        tf.reshape(marginal_scores, [-1, most_rows, out_width]),
-        tf.reshape(mask, [-1, most_rows]),
-    )[0]
-    return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
-
-
-def held_out_scores(model, held_out_rows, seed, passes, resample_latent_dim):
-    """Each critic's scores on its held-out rows [critics, rows, columns]
-    (all real): (T on the rows [critics, rows, outputs], T on their
-    marginal pairings [critics, passes, rows, outputs]), the pairings drawn
-    as held_out_bounds draws them (an epoch of its own: 0)."""
-    rows = tf.constant(held_out_rows)
-    critics, count, _ = rows.shape
-    width = model.sample_width
-    counts = tf.fill([critics], count)
-    if resample_latent_dim:
-        paired = tf.stack(
-            [shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)],
-            axis=1,
-        )
-    else:  # the file's own marginal half
-        paired = rows[:, None]
-    joint_scores = model.statistics_network(rows[..., :width])
-    marginal_scores = model.statistics_network(tf.reshape(paired[..., width:], [critics, -1, width]))
-    return joint_scores.numpy(), marginal_scores.numpy().reshape(critics, paired.shape[1], count, -1)
-
-
-def one_split_stderr(args, run, data, chosen):
-    """The standard error of a one-split estimate: held_out_stderr of the
-    critics chosen on the two halves (indices `chosen`), on every held-out
-    row, at the last epoch's weights: the run keeps no earlier ones, and
-    late epochs differ little under the cosine schedule."""
-    passes = args.eval_permutations if resampled_latent_dim(args) else 1
-    joint, marginal = held_out_scores(
-        run.compiled.model,
-        np.stack(data.held_out_rows),
-        tf.constant(args.seed, tf.int64),
-        passes,
-        resampled_latent_dim(args),
-    )
-    return float(np.mean([held_out_stderr(joint[k], marginal[k], args.estimator) for k in chosen]))
 
 
 class CompiledCritics:
@@ -1120,49 +815,6 @@ def make_distributed_train_epoch(strategy, train_step):
     return train_epoch
 
 
-LOCK_FILE = ".lock"
-
-
-def acquire_lock(output_dir):
-    """Claims output_dir for this process, or ends the run naming the
-    process that holds it. A lock left by a process that no longer runs is
-    taken over. Returns the lock file's path."""
-    path = os.path.join(output_dir, LOCK_FILE)
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as stream:
-                    holder = int(stream.read().strip())
-            except (OSError, ValueError):
-                holder = None
-            if holder is not None and process_exists(holder):
-                fail(
-                    f"--output_dir {output_dir}: another run (process {holder}) is writing there; wait for it or "
-                    "choose another --output_dir"
-                )
-            try:
-                os.unlink(path)  # stale: its process is gone
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(descriptor, "w") as stream:
-            stream.write(f"{os.getpid()}\n")
-        return path
-    fail(f"--output_dir {output_dir}: cannot take its lock file {path}")
-
-
-def process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StopRequest:
     """Turns the first SIGINT or SIGTERM into a request to stop after the
     epoch in progress (its TensorFlow call cannot be cut short); a second
@@ -1190,270 +842,6 @@ class StopRequest:
             signal.signal(number, handler)
 
 
-# What --resume must find unchanged: any of these changes the split, the
-# network or the steps, and the continued run would not be the same run.
-RESUME_MUST_MATCH = (
-    "data_dim",
-    "latent_dim",
-    "hid_width",
-    "out_width",
-    "candidates",
-    "estimator",
-    "seed",
-    "val_fraction",
-    "folds",
-    "marginal",
-    "batch_size",
-    "optimizer",
-)
-
-
-def run_identity(args, arrays=None):
-    if arrays is not None:
-        digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
-    else:
-        with open(args.input, "rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
-    return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
-
-
-def check_resumable(args, checkpoint_dir, identity):
-    try:
-        with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)) as stream:
-            saved = json.load(stream)
-    except (OSError, ValueError):
-        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
-    if tf.train.latest_checkpoint(checkpoint_dir) is None:
-        fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
-    if saved["input_sha256"] != identity["input_sha256"]:
-        fail(
-            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in "
-            f"{checkpoint_dir} was trained on"
-        )
-    for name in RESUME_MUST_MATCH:
-        if saved[name] != identity[name]:
-            fail(
-                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not "
-                f"{identity[name]}"
-            )
-
-
-def require_matplotlib():
-    if importlib.util.find_spec("matplotlib") is None:
-        fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
-
-
-def save_curves(output_dir, history, has_held_out, plot, truth):
-    """The per-epoch files of one or more critics into output_dir:
-    history is [epochs, critics, 6] (training-rows bound, joint part,
-    marginal part, held-out bound, its two halves); with several critics
-    each row holds their mean."""
-    mean = history.mean(axis=1)
-    save_rows(os.path.join(output_dir, ESTIMATE_FILE), mean[:, 0])
-    save_rows(os.path.join(output_dir, PARTS_FILE), mean[:, 1:3])
-    if has_held_out:
-        save_rows(os.path.join(output_dir, HELD_OUT_FILE), mean[:, 3])
-    if plot and len(history):
-        save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
-
-
-def save_plot(path, history, truth):
-    """The bound per epoch: with one critic on its training and held-out
-    rows; with several, each critic's held-out curve and their means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history) + 1)
-    critics = history.shape[1]
-    has_held_out = not np.isnan(history[:, :, 3]).all()
-    figure, axes = plt.subplots(figsize=(7, 4))
-    if critics > 1 and has_held_out:
-        for k in range(critics):
-            axes.plot(
-                epochs,
-                history[:, k, 3],
-                color="tab:orange",
-                alpha=0.3,
-                linewidth=0.8,
-                label=f"held-out rows, each of {critics} critics" if k == 0 else None,
-            )
-    mean_of = f"mean of {critics} critics, " if critics > 1 else ""
-    axes.plot(epochs, history[:, :, 0].mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
-    if has_held_out:
-        axes.plot(epochs, history[:, :, 3].mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
-    if truth is not None:
-        axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
-    axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
-    axes.legend()
-    figure.tight_layout()
-    write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=100), binary=True)
-    plt.close(figure)
-
-
-def save_critic(output_dir, model, transform_kind, transform_parameters):
-    """The trained model as a .keras file, and beside it the input map it
-    was trained on (--evaluate_only needs both)."""
-    temporary = os.path.join(output_dir, ".tmp-" + CRITIC_FILE)
-    model.save(temporary)
-    os.replace(temporary, os.path.join(output_dir, CRITIC_FILE))
-    write_atomically(
-        os.path.join(output_dir, TRANSFORM_FILE),
-        lambda stream: np.savez(stream, kind=transform_kind, **transform_parameters),
-        binary=True,
-    )
-
-
-def evaluate_only(args, arrays=None):
-    """Reports a saved critic's bound on --input, without training."""
-    try:
-        model = tf.keras.models.load_model(args.evaluate_only)
-        with np.load(os.path.join(os.path.dirname(args.evaluate_only), TRANSFORM_FILE)) as saved:
-            kind = str(saved["kind"])
-            parameters = {name: saved[name] for name in saved.files if name != "kind"}
-    except (OSError, ValueError) as error:
-        fail(f"--evaluate_only {args.evaluate_only}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
-    args.data_dim, args.latent_dim = model.data_dim, model.latent_dim
-    rows = make_transform(kind, parameters, model.sample_width)(read_input(args, arrays))
-    resample_latent_dim = resampled_latent_dim(args)
-    passes = args.eval_permutations if resample_latent_dim else 1
-    every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
-    bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
-    print(
-        f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal "
-        "pairings)"
-    )
-    return {"mi_estimate": bound, "rows": len(rows)}
-
-
-def main(argv=None):
-    """The command line: runs with the flags of argv (sys.argv by default)
-    and ends with the exit status of the README: 0 done, 1 results not
-    written, 2 bad input or flag (one line on stderr), 3 diverged,
-    128 + N stopped by signal N. Returns the summary when done."""
-    try:
-        summary = run(parse_args(argv))
-    except InputError as error:
-        print(f"mi_main.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OutputError as error:
-        print(f"mi_main.py: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    where = summary.get("hyperparameters", {}).get("output_dir")
-    if summary.get("status") == "diverged":
-        print(
-            f"mi_main.py: error: the loss became NaN or infinite in epoch {summary['diverged_in_epoch']}; the "
-            f"{summary['epochs_completed']} completed epochs are in {where}/; try a smaller --lr or --estimator mine_f",
-            file=sys.stderr,
-        )
-        raise SystemExit(3)
-    if summary.get("status") == "interrupted":
-        print(
-            f"stopped by {summary['stopped_by']} after {summary['epochs_completed']} epochs; their results are in "
-            f"{where}/ (continue with --resume)",
-            file=sys.stderr,
-        )
-        raise SystemExit(128 + signal.Signals[summary["stopped_by"]])
-    return summary
-
-
-def estimate(x, z, **flags):
-    """Estimates I(X; Z) from arrays: x [rows, data_dim] and z [rows,
-    latent_dim] (1-D: one column), the same rows in the same order.
-
-    Every flag of mi_main.py is a keyword with the same name and default
-    (n_epoch=..., folds=..., seed=...); data_dim and latent_dim come from
-    the arrays. With output_dir=None (the default here: ESTIMATE_OUTPUT_DIR)
-    nothing is written anywhere; with an output_dir, what the command line
-    writes. Returns the summary (the keys of summary.json); its "status"
-    says whether the run completed, diverged or was interrupted. Bad input
-    or flags raise ValueError with the command line's message.
-    """
-    names = {action.dest for action in make_parser()._actions} - {"help"}
-    unknown = sorted(set(flags) - names)
-    if unknown:
-        raise InputError(f"unknown flag {unknown[0]!r} (flags: {', '.join(sorted(names))})")
-    x, z = checked_array(x, "x"), checked_array(z, "z")
-    if len(x) != len(z):
-        raise InputError(f"x has {len(x)} rows and z {len(z)}; they must be the same samples")
-    flags.setdefault("output_dir", ESTIMATE_OUTPUT_DIR)
-    argv = []
-    for name, value in flags.items():
-        if name == "jit":
-            argv.append("--jit" if value else "--no-jit")
-        elif isinstance(value, bool):
-            argv += [f"--{name}"] if value else []
-        elif value is not None and name not in ("output_dir", "input"):
-            argv += [f"--{name}", str(value)]
-    args = parse_args(argv)
-    args.output_dir, args.input = flags["output_dir"], None
-    return run(args, arrays=(x, z))
-
-
-def run(args, arrays=None):
-    """One run of parsed flags, on --input or on arrays (x, z); returns the
-    summary. Raises InputError on bad input and OutputError when the
-    results cannot be written."""
-    if args.evaluate_only:
-        return evaluate_only(args, arrays)
-    if args.plot:
-        require_matplotlib()
-    if args.folds > 1 and args.strategy != "default":
-        fail(
-            "--folds trains its critics side by side on one device; it does not combine with --strategy "
-            f"{args.strategy}"
-        )
-    if "," in args.candidates and (args.cache_dir or args.strategy != "default"):
-        fail(
-            "several --candidates train side by side on one device, on rows in memory; they do not combine with "
-            + ("--cache_dir" if args.cache_dir else f"--strategy {args.strategy}")
-        )
-    if args.cache_dir and (arrays is not None or os.path.splitext(args.input)[1].lower() not in TEXT_SUFFIXES):
-        fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {input_name(args)}")
-    strategy = make_strategy(args)
-    if not is_chief(strategy) and args.output_dir is not None:  # the other workers' files go aside
-        args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
-        args.logdir = None
-    resample_latent_dim = resampled_latent_dim(args)
-    if args.folds > 1 and args.cache_dir:
-        fail("--folds needs the rows in memory; it does not combine with --cache_dir")
-    if args.resume and args.output_dir is None:
-        fail("--resume continues the checkpoint in an output directory; give output_dir")
-    data = (
-        streamed_data(args, resample_latent_dim)
-        if args.cache_dir
-        else in_memory_data(args, resample_latent_dim, arrays)
-    )
-    lock = None
-    if args.output_dir is not None:
-        try:
-            os.makedirs(args.output_dir, exist_ok=True)
-        except OSError as error:
-            fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
-        lock = acquire_lock(args.output_dir)
-    stop = StopRequest()
-    try:
-        return train(args, strategy, data, stop, arrays)
-    finally:
-        stop.restore()
-        if lock:
-            os.unlink(lock)
-
-
-def train(args, strategy, data, stop, arrays=None):
-    """Trains the run's critics, writes the outputs and returns the summary.
-
-    One critic is the plain run; with --folds K there are K critics side by
-    side, critic k trained on every fold but k and read on fold k (its
-    files in OUTPUT_DIR/fold-k). On divergence or a stop request the
-    outputs of the completed epochs are written, and the run ends with exit
-    status 3, or 128 + the signal's number."""
-    run = prepare(args, strategy, data, arrays)
-    outcome = epoch_loop(args, run, data, stop)
-    return write_outputs(args, run, data, outcome, stop)
-
-
 class Run:
     """What the epoch loop and the outputs need of a prepared run."""
 
@@ -1472,6 +860,61 @@ def stacked_halves(held_out_rows):
         [half for rows in held_out_rows for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :])]
     )
     return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
+
+
+def checkpoint_manager(args, compiled, critics, identity):
+    """(CheckpointManager or None, completed epochs, history so far) of a
+    run: everything a resumed run needs to continue as if never stopped,
+    restored with --resume. The shuffles are fixed by (seed, epoch), so the
+    epoch stands for the RNG; the history holds, per epoch and critic: the
+    bound, joint_part and marginal_part on the training rows, then the
+    held-out bound and its two halves' bounds. identity None: nothing is
+    written."""
+    completed_epochs = tf.Variable(0, dtype=tf.int64)
+    history_so_far = tf.Variable(
+        np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64
+    )
+    if identity is None:
+        return None, completed_epochs, history_so_far
+    checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_DIR)
+    checkpoint = tf.train.Checkpoint(
+        model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far
+    )
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
+    if args.resume:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    else:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
+    return manager, completed_epochs, history_so_far
+
+
+def summary_writer(args, compiled, critics, has_held_out, first_epoch):
+    """The run's TensorBoard writer (a no-op one without a log directory)
+    and write_summaries(epoch, figures), an epoch's scalars in one call (a
+    dozen eager ones cost about 6 ms an epoch): figures are the critics'
+    means of the training bound, held-out bound, joint and marginal parts,
+    the rows per second, then each critic's held-out bound."""
+    logdir = args.logdir or (args.output_dir is not None and os.path.join(args.output_dir, "logs"))
+    writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
+    with writer.as_default():
+        tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
+
+    @tf.function(autograph=False)
+    def write_summaries(epoch, figures):
+        with writer.as_default(step=epoch):
+            tf.summary.scalar("estimate/training_rows", figures[0])
+            if has_held_out:
+                tf.summary.scalar("estimate/held_out", figures[1])
+            if critics > 1:
+                for k in range(critics):
+                    tf.summary.scalar(f"folds/held_out_{k + 1}", figures[5 + k])
+            tf.summary.scalar("parts/joint", figures[2])
+            tf.summary.scalar("parts/marginal", figures[3])
+            tf.summary.scalar("speed/rows_per_second", figures[4])
+            tf.summary.scalar("learning_rate", compiled.optimizer.learning_rate)
+
+    return writer, write_summaries
 
 
 def prepare(args, strategy, data, arrays=None):
@@ -1499,52 +942,13 @@ def prepare(args, strategy, data, arrays=None):
 
     compiled = compiled_critics(args, critics, args.n_epoch * -(-data.rows_per_epoch // args.batch_size), strategy)
     replicated = strategy.num_replicas_in_sync > 1  # then there is one critic: main refuses --folds
-    # Everything a resumed run needs to continue as if never stopped: the
-    # shuffles are fixed by (seed, epoch), so the epoch stands for the RNG.
-    # The history holds, per epoch and critic: bound, joint_part and
-    # marginal_part on the training rows, then the held-out bound and its
-    # two halves' bounds.
-    completed_epochs = tf.Variable(0, dtype=tf.int64)
-    history_so_far = tf.Variable(
-        np.zeros((0, critics * 6)), shape=tf.TensorShape([None, critics * 6]), dtype=tf.float64
+    manager, completed_epochs, history_so_far = checkpoint_manager(
+        args, compiled, critics, identity if writes else None
     )
-    manager = None
-    if writes:
-        checkpoint = tf.train.Checkpoint(
-            model=compiled.model, optimizer=compiled.optimizer, epoch=completed_epochs, history=history_so_far
-        )
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=args.keep_checkpoints)
-        if args.resume:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        else:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
     first_epoch = int(completed_epochs)
-
-    logdir = args.logdir or (writes and os.path.join(args.output_dir, "logs"))
-    writer = tf.summary.create_file_writer(logdir) if logdir else tf.summary.create_noop_writer()
-    with writer.as_default():
-        tf.summary.text("hyperparameters", "```\n" + flags_file_text(args) + "```", step=first_epoch)
     truth = (read_sidecar(args.input) or {}).get("true_mi_nats") if args.input is not None else None
     halves = stacked_halves(data.held_out_rows)
-
-    @tf.function(autograph=False)
-    def write_summaries(epoch, figures):
-        """An epoch's TensorBoard scalars in one call (a dozen eager ones
-        cost about 6 ms an epoch): figures are the critics' means of the
-        training bound, held-out bound, joint and marginal parts, the rows
-        per second, then each critic's held-out bound."""
-        with writer.as_default(step=epoch):
-            tf.summary.scalar("estimate/training_rows", figures[0])
-            if halves is not None:
-                tf.summary.scalar("estimate/held_out", figures[1])
-            if critics > 1:
-                for k in range(critics):
-                    tf.summary.scalar(f"folds/held_out_{k + 1}", figures[5 + k])
-            tf.summary.scalar("parts/joint", figures[2])
-            tf.summary.scalar("parts/marginal", figures[3])
-            tf.summary.scalar("speed/rows_per_second", figures[4])
-            tf.summary.scalar("learning_rate", compiled.optimizer.learning_rate)
+    writer, write_summaries = summary_writer(args, compiled, critics, halves is not None, first_epoch)
 
     run = Run(
         critics=critics,
@@ -1630,6 +1034,25 @@ class Outcome:
         self.diverged_in, self.train_seconds, self.status = diverged_in, train_seconds, status
 
 
+def report_epoch(args, run, progress, epoch, figures, rows_per_second, epoch_start):
+    """An epoch's TensorBoard scalars, and its progress bar step or line,
+    from its figures [critics, 6] averaged over the critics."""
+    bound, joint_part, marginal_part, held_out_bound = figures[:, :4].mean(axis=0)
+    run.write_summaries(
+        tf.constant(epoch, tf.int64),
+        tf.constant([bound, held_out_bound, joint_part, marginal_part, rows_per_second, *figures[:, 3]], tf.float32),
+    )
+    if progress:
+        progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
+    elif not args.quiet:
+        print(
+            f"epoch {epoch:4d}/{args.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
+            f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
+            f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
+            flush=True,
+        )
+
+
 def epoch_loop(args, run, data, stop):
     """Trains epoch after epoch, logging each, checkpointing as due, until
     --n_epoch, divergence or a stop request."""
@@ -1654,25 +1077,7 @@ def epoch_loop(args, run, data, stop):
         training_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
         history.append(np.column_stack([means, held_out.mean(axis=1), held_out]))
-        # the figures of the epoch, averaged over the critics
-        bound, joint_part, marginal_part, held_out_bound = history[-1][:, :4].mean(axis=0)
-        rows_per_second = rows_per_epoch[-1] / training_seconds[-1]
-
-        run.write_summaries(
-            tf.constant(epoch, tf.int64),
-            tf.constant(
-                [bound, held_out_bound, joint_part, marginal_part, rows_per_second, *history[-1][:, 3]], tf.float32
-            ),
-        )
-        if progress:
-            progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
-        elif not args.quiet:
-            print(
-                f"epoch {epoch:4d}/{args.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
-                f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
-                f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
-                flush=True,
-            )
+        report_epoch(args, run, progress, epoch, history[-1], rows_per_epoch[-1] / training_seconds[-1], epoch_start)
         due = (
             run.manager
             and args.checkpoint_every
@@ -1702,126 +1107,298 @@ def epoch_loop(args, run, data, stop):
     )
 
 
-class OutputError(OSError):
-    """The results could not be written; the files already there are the
-    previous complete ones."""
+def evaluate_only(args, arrays=None):
+    """Reports a saved critic's bound on --input, without training."""
+    try:
+        model = tf.keras.models.load_model(args.evaluate_only)
+        with np.load(os.path.join(os.path.dirname(args.evaluate_only), TRANSFORM_FILE)) as saved:
+            kind = str(saved["kind"])
+            parameters = {name: saved[name] for name in saved.files if name != "kind"}
+    except (OSError, ValueError) as error:
+        fail(f"--evaluate_only {args.evaluate_only}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
+    args.data_dim, args.latent_dim = model.data_dim, model.latent_dim
+    rows = make_transform(kind, parameters, model.sample_width)(read_input(args, arrays))
+    resample_latent_dim = resampled_latent_dim(args)
+    passes = args.eval_permutations if resample_latent_dim else 1
+    every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
+    bound = float(held_out_bounds(model, every_row, args.seed, 0, passes, resample_latent_dim)[0, 0])
+    print(
+        f"bound of {args.evaluate_only} on {input_name(args)}: {bound:.4f} nats ({len(rows)} rows, {passes} marginal "
+        "pairings)"
+    )
+    return {"mi_estimate": bound, "rows": len(rows)}
 
 
-def write_outputs(args, run, data, outcome, stop):
-    """The estimate and its files: per-critic files, each fold's and the
-    critics' mean at the top, summary.json (nothing without an output
-    directory); prints the final line of a completed run and returns the
-    summary, its status saying whether the run completed, diverged or was
-    interrupted."""
-    history, critics, truth = outcome.history, run.critics, run.truth
-    has_held_out = run.halves is not None
-    names = args.candidates.split(",")
-    per_fold = len(names)
-    folds = critics // per_fold
-    estimates, winners, best_epochs = [None] * folds, [], []
-    if len(history) and folds > 1:  # fold k's critics are k * per_fold ... (k + 1) * per_fold - 1
-        estimates, choices = pooled_selected_estimates(history[:, :, 3].reshape(len(history), folds, per_fold))
-        winners, best_epochs = [names[candidate] for _, candidate in choices], [epoch for epoch, _ in choices]
-    elif len(history) and has_held_out:
-        estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, :, 4], history[:, :, 5])
-        estimates, winners, best_epochs = [estimate], [[names[chosen_a], names[chosen_b]]], [[epoch_a, epoch_b]]
-        stderr = one_split_stderr(args, run, data, sorted({chosen_a, chosen_b}))
-    elif len(history):  # parse_args allows no choice without held-out rows: one candidate
-        estimates = [float(history[-1, 0, 0])]
-    chosen = "candidate and epoch" if per_fold > 1 else "epoch"
-    if not len(history):
-        estimate_from = "no completed epoch"
-    elif folds > 1:
-        estimate_from = (
-            f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: runs with the flags of argv (sys.argv by default)
+    and ends with the exit status of the README: 0 done, 1 results not
+    written, 2 bad input or flag (one line on stderr), 3 diverged,
+    128 + N stopped by signal N. Returns the summary when done."""
+    try:
+        summary = run(parse_args(argv))
+    except InputError as error:
+        print(f"mi_main.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OutputError as error:
+        print(f"mi_main.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    where = summary.get("hyperparameters", {}).get("output_dir")
+    if summary.get("status") == "diverged":
+        print(
+            f"mi_main.py: error: the loss became NaN or infinite in epoch {summary['diverged_in_epoch']}; the "
+            f"{summary['epochs_completed']} completed epochs are in {where}/; try a smaller --lr or --estimator mine_f",
+            file=sys.stderr,
         )
-    elif has_held_out:
-        estimate_from = (
-            f"held-out bound at the {chosen} chosen on the other half (epochs {best_epochs[0][0]}, {best_epochs[0][1]})"
+        raise SystemExit(3)
+    if summary.get("status") == "interrupted":
+        print(
+            f"stopped by {summary['stopped_by']} after {summary['epochs_completed']} epochs; their results are in "
+            f"{where}/ (continue with --resume)",
+            file=sys.stderr,
         )
-    else:
-        estimate_from = "training rows' bound, last epoch"
+        raise SystemExit(128 + signal.Signals[summary["stopped_by"]])
+    return summary
+
+
+def estimate(x: np.ndarray, z: np.ndarray, **flags) -> dict:
+    """Estimates I(X; Z) from arrays: x [rows, data_dim] and z [rows,
+    latent_dim] (1-D: one column), the same rows in the same order.
+
+    Every flag of mi_main.py is a keyword with the same name and default
+    (n_epoch=..., folds=..., seed=...); data_dim and latent_dim come from
+    the arrays. With output_dir=None (the default here: ESTIMATE_OUTPUT_DIR)
+    nothing is written anywhere; with an output_dir, what the command line
+    writes. Returns the summary (the keys of summary.json); its "status"
+    says whether the run completed, diverged or was interrupted. Bad input
+    or flags raise ValueError with the command line's message.
+    """
+    names = {action.dest for action in make_parser()._actions} - {"help"}
+    unknown = sorted(set(flags) - names)
+    if unknown:
+        raise InputError(f"unknown flag {unknown[0]!r} (flags: {', '.join(sorted(names))})")
+    x, z = checked_array(x, "x"), checked_array(z, "z")
+    if len(x) != len(z):
+        raise InputError(f"x has {len(x)} rows and z {len(z)}; they must be the same samples")
+    flags.setdefault("output_dir", ESTIMATE_OUTPUT_DIR)
+    argv = []
+    for name, value in flags.items():
+        if name == "jit":
+            argv.append("--jit" if value else "--no-jit")
+        elif isinstance(value, bool):
+            argv += [f"--{name}"] if value else []
+        elif value is not None and name not in ("output_dir", "input"):
+            argv += [f"--{name}", str(value)]
+    args = parse_args(argv)
+    args.output_dir, args.input = flags["output_dir"], None
+    return run(args, arrays=(x, z))
+
+
+def run(args: argparse.Namespace, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """One run of parsed flags, on --input or on arrays (x, z); returns the
+    summary. Raises InputError on bad input and OutputError when the
+    results cannot be written."""
+    if args.evaluate_only:
+        return evaluate_only(args, arrays)
+    if args.plot:
+        require_matplotlib()
+    if args.folds > 1 and args.strategy != "default":
+        fail(
+            "--folds trains its critics side by side on one device; it does not combine with --strategy "
+            f"{args.strategy}"
+        )
+    if "," in args.candidates and (args.cache_dir or args.strategy != "default"):
+        fail(
+            "several --candidates train side by side on one device, on rows in memory; they do not combine with "
+            + ("--cache_dir" if args.cache_dir else f"--strategy {args.strategy}")
+        )
+    if args.cache_dir and (arrays is not None or os.path.splitext(args.input)[1].lower() not in TEXT_SUFFIXES):
+        fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {input_name(args)}")
+    strategy = make_strategy(args)
+    if not is_chief(strategy) and args.output_dir is not None:  # the other workers' files go aside
+        args.output_dir = os.path.join(args.output_dir, f"worker-{strategy.cluster_resolver.task_id}")
+        args.logdir = None
+    resample_latent_dim = resampled_latent_dim(args)
+    if args.folds > 1 and args.cache_dir:
+        fail("--folds needs the rows in memory; it does not combine with --cache_dir")
+    if args.resume and args.output_dir is None:
+        fail("--resume continues the checkpoint in an output directory; give output_dir")
+    data = (
+        streamed_data(args, resample_latent_dim, STEP_BUDGET, TRANSFORM_SAMPLE)
+        if args.cache_dir
+        else in_memory_data(args, resample_latent_dim, STEP_BUDGET, arrays)
+    )
+    lock = None
     if args.output_dir is not None:
         try:
-            for k, output_dir in enumerate(run.output_dirs):
-                if critics > 1:
-                    save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, truth)
-                if outcome.status != "diverged":
-                    critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
-                    save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
-            if folds > 1 and per_fold > 1:  # each fold's own mean over its candidates
-                for fold in range(folds):
-                    save_curves(
-                        os.path.join(args.output_dir, f"fold-{fold + 1}"),
-                        history[:, fold * per_fold : (fold + 1) * per_fold],
-                        has_held_out,
-                        args.plot,
-                        truth,
-                    )
-            # the reference's files at the top whatever the folds: the critics' mean per epoch
-            save_curves(args.output_dir, history, has_held_out, args.plot, truth)
+            os.makedirs(args.output_dir, exist_ok=True)
         except OSError as error:
-            raise OutputError(
-                f"cannot write the results to {args.output_dir}: {error.strerror}; "
-                "the files already there are the previous complete ones"
-            ) from None
+            fail(f"--output_dir {args.output_dir}: cannot create: {error.strerror}")
+        lock = acquire_lock(args.output_dir)
+    stop = StopRequest()
+    try:
+        return train(args, strategy, data, stop, arrays)
+    finally:
+        stop.restore()
+        if lock:
+            os.unlink(lock)
 
+
+def train(args, strategy, data, stop, arrays=None):
+    """Trains the run's critics, writes the outputs and returns the summary.
+
+    One critic is the plain run; with --folds K there are K critics side by
+    side, critic k trained on every fold but k and read on fold k (its
+    files in OUTPUT_DIR/fold-k). On divergence or a stop request the
+    outputs of the completed epochs are written, and the run ends with exit
+    status 3, or 128 + the signal's number."""
+    run = prepare(args, strategy, data, arrays)
+    outcome = epoch_loop(args, run, data, stop)
+    return write_outputs(args, run, data, outcome, stop)
+
+
+def one_split_stderr(args, run, data, chosen):
+    """The standard error of a one-split estimate: held_out_stderr of the
+    critics chosen on the two halves (indices `chosen`), on every held-out
+    row, at the last epoch's weights: the run keeps no earlier ones, and
+    late epochs differ little under the cosine schedule."""
+    passes = args.eval_permutations if resampled_latent_dim(args) else 1
+    joint, marginal = held_out_scores(
+        run.compiled.model,
+        np.stack(data.held_out_rows),
+        tf.constant(args.seed, tf.int64),
+        passes,
+        resampled_latent_dim(args),
+    )
+    return float(np.mean([held_out_stderr(joint[k], marginal[k], args.estimator) for k in chosen]))
+
+
+def chosen_estimate(args, run, data, history):
+    """The estimate as summary.json gives it, from the history [epochs,
+    critics, 6]: each fold's (candidate, epoch) chosen on the other folds,
+    or with one split on the other half; with its error bar. Returns
+    (summary fields, the winning candidates for the final line)."""
+    names = args.candidates.split(",")
+    per_fold = len(names)
+    folds = run.critics // per_fold
+    chosen = "candidate and epoch" if per_fold > 1 else "epoch"
+    if not len(history):
+        fields = {"mi_estimate": None, "mi_estimate_from": "no completed epoch"}
+        if folds > 1:
+            fields |= {
+                "mi_stderr": None,
+                "mi_ci95": [None, None],
+                "mi_lower_95": None,
+                "fold_estimates": [None] * folds,
+            }
+        return fields | ({"fold_winners": [], "fold_best_epochs": []} if per_fold > 1 else {}), []
+    if folds > 1:  # fold k's critics are k * per_fold ... (k + 1) * per_fold - 1
+        estimates, choices = pooled_selected_estimates(history[:, :, 3].reshape(len(history), folds, per_fold))
+        mean, stderr, interval, lower = cross_fitted_interval(estimates)
+        winners = [names[candidate] for _, candidate in choices]
+        fields = {
+            "mi_estimate": mean,
+            "mi_estimate_from": f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen "
+            "on the other folds",
+            "mi_stderr": stderr,
+            "mi_ci95": list(interval),
+            "mi_lower_95": lower,
+            "fold_estimates": estimates,
+        }
+        best_epochs = [epoch for epoch, _ in choices]
+    elif run.halves is not None:
+        estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(history[:, :, 4], history[:, :, 5])
+        stderr = one_split_stderr(args, run, data, sorted({chosen_a, chosen_b}))
+        interval, lower = normal_interval(estimate, stderr)
+        winners, best_epochs = [[names[chosen_a], names[chosen_b]]], [[epoch_a, epoch_b]]
+        fields = {
+            "mi_estimate": estimate,
+            "mi_estimate_from": f"held-out bound at the {chosen} chosen on the other half (epochs {epoch_a}, "
+            f"{epoch_b})",
+            "mi_stderr": stderr,
+            "mi_ci95": list(interval),
+            "mi_lower_95": lower,
+        }
+    else:  # parse_args allows no choice without held-out rows: one candidate
+        return {"mi_estimate": float(history[-1, 0, 0]), "mi_estimate_from": "training rows' bound, last epoch"}, []
+    return fields | ({"fold_winners": winners, "fold_best_epochs": best_epochs} if per_fold > 1 else {}), winners
+
+
+def save_run_files(args, run, data, outcome):
+    """The per-epoch files of each critic, of each fold's mean over its
+    candidates and, at the top, of the critics' mean; each critic's model
+    and input map (but after a divergence)."""
+    history, critics, has_held_out = outcome.history, run.critics, run.halves is not None
+    per_fold = len(candidates(args))
+    try:
+        for k, output_dir in enumerate(run.output_dirs):
+            if critics > 1:
+                save_curves(output_dir, history[:, k : k + 1], has_held_out, args.plot, run.truth)
+            if outcome.status != "diverged":
+                critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
+                save_critic(output_dir, critic, candidates(args)[k % per_fold][0], data.transform_parameters[k])
+        if critics > per_fold > 1:  # each fold's own mean over its candidates
+            for fold in range(critics // per_fold):
+                fold_history = history[:, fold * per_fold : (fold + 1) * per_fold]
+                fold_dir = os.path.join(args.output_dir, f"fold-{fold + 1}")
+                save_curves(fold_dir, fold_history, has_held_out, args.plot, run.truth)
+        # the reference's files at the top whatever the folds: the critics' mean per epoch
+        save_curves(args.output_dir, history, has_held_out, args.plot, run.truth)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write the results to {args.output_dir}: {error.strerror}; "
+            "the files already there are the previous complete ones"
+        ) from None
+
+
+def run_summary(args, run, data, outcome, stop, estimate_fields):
+    """summary.json's content: the run's status, the estimate, counts, speeds and flags."""
+    history, per_fold = outcome.history, len(candidates(args))
+    folds = run.critics // per_fold
     training_seconds, rows_per_epoch = outcome.training_seconds, outcome.rows_per_epoch
     trained_epochs = len(training_seconds)
     # speeds after the first epoch of this process, which also traces and compiles
-    steady_rows_per_second = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
-    summary = {
+    steady = sum(rows_per_epoch[1:]) / sum(training_seconds[1:]) if trained_epochs > 1 else None
+    held_out_counts = [len(rows) for rows in data.held_out_rows]
+    return {
         "status": outcome.status,
         "stopped_by": signal.Signals(stop.signal).name if stop.signal is not None else None,
         "folds": folds,
-        "critics": critics,
+        "critics": run.critics,
         "epochs_completed": run.first_epoch + trained_epochs,
         "diverged_in_epoch": outcome.diverged_in,
         "units": args.units,
-        "mi_estimate": estimates[0],
-        "mi_estimate_from": estimate_from,
+        **estimate_fields,
+        "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
+        "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
+        "true_mi_nats": run.truth,
+        "estimator": args.estimator,
+        "candidates": args.candidates.split(","),
+        "n_epoch": args.n_epoch,
+        "resumed_after_epoch": run.first_epoch if args.resume else None,
+        "rows": data.total_rows,
+        "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
+        "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
+        "batch_size": args.batch_size,
+        "adapted_to_rows": data.adapted,
+        "seed": args.seed,
+        "train_seconds": round(outcome.train_seconds, 3),
+        "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
+        "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
+        "training_rows_per_second": round(steady, 1) if steady else None,
+        "training_gflops_per_second": round(steady * run.flops_per_row / 1e9, 2) if steady else None,
+        "training_flops_per_row": run.flops_per_row,
+        "hyperparameters": vars(args),
     }
-    if folds > 1:
-        interval = cross_fitted_interval(estimates) if len(history) else (None, None, (None, None), None)
-        summary.update(
-            mi_estimate=interval[0],
-            mi_stderr=interval[1],
-            mi_ci95=list(interval[2]),
-            mi_lower_95=interval[3],
-            fold_estimates=estimates,
-        )
-    elif len(history) and has_held_out:
-        interval, lower = normal_interval(estimates[0], stderr)
-        summary.update(mi_stderr=stderr, mi_ci95=list(interval), mi_lower_95=lower)
-    if per_fold > 1:
-        summary.update(fold_winners=winners, fold_best_epochs=best_epochs)
-    held_out_counts = [len(rows) for rows in data.held_out_rows]
-    summary.update(
-        {
-            "held_out_last_epoch": float(history[-1, :, 3].mean()) if len(history) else None,
-            "training_rows_estimate": float(history[-1, :, 0].mean()) if len(history) else None,
-            "true_mi_nats": truth,
-            "estimator": args.estimator,
-            "candidates": names,
-            "n_epoch": args.n_epoch,
-            "resumed_after_epoch": run.first_epoch if args.resume else None,
-            "rows": data.total_rows,
-            "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
-            "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
-            "batch_size": args.batch_size,
-            "adapted_to_rows": data.adapted,
-            "seed": args.seed,
-            "train_seconds": round(outcome.train_seconds, 3),
-            "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
-            "first_epoch_seconds": round(training_seconds[0], 3) if trained_epochs else None,
-            "training_rows_per_second": round(steady_rows_per_second, 1) if steady_rows_per_second else None,
-            "training_gflops_per_second": round(steady_rows_per_second * run.flops_per_row / 1e9, 2)
-            if steady_rows_per_second
-            else None,
-            "training_flops_per_row": run.flops_per_row,
-            "hyperparameters": vars(args),
-        }
-    )
+
+
+def write_outputs(args, run, data, outcome, stop):
+    """The estimate and its files (nothing without an output directory);
+    prints the final line of a completed run and returns the summary, its
+    status saying whether the run completed, diverged or was interrupted."""
+    estimate_fields, winners = chosen_estimate(args, run, data, outcome.history)
+    if args.output_dir is not None:
+        save_run_files(args, run, data, outcome)
+    summary = run_summary(args, run, data, outcome, stop, estimate_fields)
     in_units(summary, args.units)
     if args.output_dir is not None:
         try:
@@ -1831,30 +1408,6 @@ def write_outputs(args, run, data, outcome, stop):
     if outcome.status == "completed":
         print_final_line(args, summary, winners, outcome.train_seconds)
     return summary
-
-
-NATS_PER_BIT = math.log(2.0)
-ESTIMATE_KEYS = (
-    "mi_estimate",
-    "mi_stderr",
-    "mi_ci95",
-    "mi_lower_95",
-    "fold_estimates",
-    "held_out_last_epoch",
-    "training_rows_estimate",
-)
-
-
-def in_units(summary, units):
-    """summary's estimates, computed in nats, in `units` (true_mi_nats stays in nats)."""
-    if units == "nats":
-        return
-    for key in ESTIMATE_KEYS:
-        value = summary.get(key)
-        if isinstance(value, list):
-            summary[key] = [None if each is None else each / NATS_PER_BIT for each in value]
-        elif value is not None:
-            summary[key] = value / NATS_PER_BIT
 
 
 def print_final_line(args, summary, winners, seconds):

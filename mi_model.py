@@ -18,12 +18,15 @@ it by minimizing cost = -L, as the reference scripts do. Three estimators
 - mine_f: the f-divergence bound L_f = mean T(x, z) - mean exp(T(x_bar, z_bar) - 1).
 
 The numerics are small pure functions of critic scores so that tests can
-call them on plain tensors.
+call them on plain tensors; beside them, the held-out evaluation of the
+bound (held_out_bounds, held_out_scores), the choice of each fold's critic
+and epoch, and the estimate's error bars.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from mi_data_processing import real_rows_mask, shifted_marginals
 from mi_layers import StatisticsNetwork
 
 
@@ -253,6 +256,69 @@ def cross_fitted_interval(fold_estimates):
 
 
 ESTIMATORS = ("mine", "mine_biased", "mine_f")
+
+
+def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
+    """Each critic's bound on each of its held-out parts, [critics, parts]:
+    halves is [critics, parts, most rows, columns] with counts
+    [critics, parts] real rows, as stacked_halves makes it. Each bound is
+    averaged over `passes` fresh marginal pairings (streams 1.. keep them
+    apart from the training order). One pass of the network scores every
+    part's joint half, and one every pairing's marginal half."""
+    rows, counts = halves
+    critics, parts, most_rows, columns = rows.shape
+    width = model.sample_width
+    groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
+    group_counts = tf.reshape(counts, [-1])
+    if resample_latent_dim:
+        paired = tf.stack(
+            [
+                shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
+                for stream in range(1, passes + 1)
+            ]
+        )  # [passes, groups, most_rows, columns]
+    else:  # the file's own marginal half
+        paired = groups[None]
+    joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
+    marginal_scores = model.statistics_network(
+        tf.reshape(
+            tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
+            [critics, passes * parts * most_rows, width],
+        )
+    )
+    out_width = joint_scores.shape[-1]
+    # a group per (critic, pass, part): the bound of each, then the mean over the passes
+    joint_scores = tf.tile(tf.reshape(joint_scores, [critics, 1, parts, most_rows, out_width]), [1, passes, 1, 1, 1])
+    mask = tf.tile(
+        tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1]
+    )
+    bounds = model.bound(
+        tf.reshape(joint_scores, [-1, most_rows, out_width]),
+        tf.reshape(marginal_scores, [-1, most_rows, out_width]),
+        tf.reshape(mask, [-1, most_rows]),
+    )[0]
+    return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
+
+
+def held_out_scores(model, held_out_rows, seed, passes, resample_latent_dim):
+    """Each critic's scores on its held-out rows [critics, rows, columns]
+    (all real): (T on the rows [critics, rows, outputs], T on their
+    marginal pairings [critics, passes, rows, outputs]), the pairings drawn
+    as held_out_bounds draws them (an epoch of its own: 0)."""
+    rows = tf.constant(held_out_rows)
+    critics, count, _ = rows.shape
+    width = model.sample_width
+    counts = tf.fill([critics], count)
+    if resample_latent_dim:
+        paired = tf.stack(
+            [shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)],
+            axis=1,
+        )
+    else:  # the file's own marginal half
+        paired = rows[:, None]
+    joint_scores = model.statistics_network(rows[..., :width])
+    marginal_scores = model.statistics_network(tf.reshape(paired[..., width:], [critics, -1, width]))
+    return joint_scores.numpy(), marginal_scores.numpy().reshape(critics, paired.shape[1], count, -1)
 
 
 @tf.keras.utils.register_keras_serializable(package="mine")

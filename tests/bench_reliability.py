@@ -24,6 +24,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import mi_data_processing  # noqa: E402
 import mi_main  # noqa: E402
 from mi_data_processing import make_known_mi_rows, save_rows  # noqa: E402
 
@@ -92,7 +93,7 @@ def interrupted_runs(path, scratch, count):
         process.communicate(timeout=120)
         with open(os.path.join(output_dir, mi_main.SUMMARY_FILE)) as stream:
             summary = json.load(stream)
-        rows = len(np.loadtxt(os.path.join(output_dir, mi_main.ESTIMATE_FILE), ndmin=1))
+        rows = len(np.loadtxt(os.path.join(output_dir, mi_data_processing.ESTIMATE_FILE), ndmin=1))
         exact += (
             process.returncode == 130 and summary["status"] == "interrupted" and rows == summary["epochs_completed"]
         )
@@ -182,7 +183,7 @@ def main():
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            with open(os.path.join(scratch, name, mi_main.ESTIMATE_FILE), "rb") as stream:
+            with open(os.path.join(scratch, name, mi_data_processing.ESTIMATE_FILE), "rb") as stream:
                 runs.append(stream.read())
     print("| check | result | target |")
     print("| --- | --- | --- |")

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_main
 
+import mi_data_processing
 import mi_main
 from mi_data_processing import make_transform
 from mi_model import MineModel
@@ -62,7 +63,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
     assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-3")
 
     run_main([*flags, "--output_dir", str(interrupted), "--resume"])
-    for name in [mi_main.ESTIMATE_FILE, mi_main.PARTS_FILE, mi_main.HELD_OUT_FILE]:
+    for name in [mi_data_processing.ESTIMATE_FILE, mi_data_processing.PARTS_FILE, mi_data_processing.HELD_OUT_FILE]:
         resumed, uninterrupted = np.loadtxt(interrupted / name), np.loadtxt(whole / name)
         assert len(resumed) == 6
         np.testing.assert_allclose(resumed, uninterrupted, atol=1e-6)

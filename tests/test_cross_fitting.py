@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_main
 
+import mi_data_processing
 import mi_main
 from mi_data_processing import fold_rows
 from mi_model import cross_fitted_interval, t_quantile
@@ -57,7 +58,7 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
     assert summary["held_out_rows"] == [500, 500, 500] and summary["training_rows"] == [1000, 1000, 1000]
     assert summary["critics"] == 3 * len(summary["candidates"])
     for fold in (1, 2, 3):
-        assert len(np.loadtxt(tmp_path / f"fold-{fold}" / mi_main.HELD_OUT_FILE)) == 10
+        assert len(np.loadtxt(tmp_path / f"fold-{fold}" / mi_data_processing.HELD_OUT_FILE)) == 10
         for transform, activation in mi_main.candidates(mi_main.parse_args([])):
             assert (tmp_path / f"fold-{fold}" / f"{transform}-{activation}" / mi_main.CRITIC_FILE).exists()
 
@@ -67,7 +68,7 @@ def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
     flags = ["--input", path, "--n_epoch", "3", *SMALL_RUN]
     run_main([*flags, "--output_dir", str(tmp_path / "plain"), "--val_fraction", "0.2"], capsys)
     run_main([*flags, "--output_dir", str(tmp_path / "one"), "--folds", "1"], capsys)
-    for name in [mi_main.ESTIMATE_FILE, mi_main.HELD_OUT_FILE]:
+    for name in [mi_data_processing.ESTIMATE_FILE, mi_data_processing.HELD_OUT_FILE]:
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
@@ -123,8 +124,8 @@ def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
     run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--n_epoch", "4", "--resume"], capsys)
     for fold in ("fold-1", "fold-2"):
         np.testing.assert_allclose(
-            np.loadtxt(tmp_path / "resumed" / fold / mi_main.HELD_OUT_FILE),
-            np.loadtxt(tmp_path / "whole" / fold / mi_main.HELD_OUT_FILE),
+            np.loadtxt(tmp_path / "resumed" / fold / mi_data_processing.HELD_OUT_FILE),
+            np.loadtxt(tmp_path / "whole" / fold / mi_data_processing.HELD_OUT_FILE),
             atol=1e-6,
         )
         critic = tf.keras.models.load_model(tmp_path / "resumed" / fold / mi_main.CRITIC_FILE)

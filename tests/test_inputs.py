@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import run_main
 
+import mi_data_processing
 import mi_main
 
 TINY_RUN = ["--n_epoch", "2", "--batch_size", "128", "--hid_width", "32", "--folds", "2"]
@@ -50,7 +51,7 @@ def test_estimate_with_an_output_dir_writes_what_the_command_line_writes(tmp_pat
     assert json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())["mi_estimate"] == pytest.approx(
         summary["mi_estimate"]
     )
-    assert len(np.loadtxt(tmp_path / "out" / mi_main.ESTIMATE_FILE)) == 2
+    assert len(np.loadtxt(tmp_path / "out" / mi_data_processing.ESTIMATE_FILE)) == 2
 
 
 @pytest.mark.parametrize(

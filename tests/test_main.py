@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_main
 
+import mi_data_processing
 import mi_main
 from mi_data_processing import make_known_mi_rows
 
@@ -85,16 +86,15 @@ def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, 
 
 def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
     args = mi_main.parse_args(["--batch_size", "8"])
-    notes = mi_main.batch_and_epochs_for_rows(args, 1600)  # 200 steps an epoch
+    notes = mi_data_processing.batch_and_epochs_for_rows(args, 1600, mi_main.STEP_BUDGET)  # 200 steps an epoch
     assert args.n_epoch == mi_main.STEP_BUDGET // 200 and notes == [
         f"16 epochs, not {mi_main.N_EPOCH}: 3,200 steps of 200 an epoch"
     ]
     args = mi_main.parse_args(["--batch_size", "8", "--n_epoch", "100"])
-    assert mi_main.batch_and_epochs_for_rows(args, 1600) == [] and args.n_epoch == 100
+    assert mi_data_processing.batch_and_epochs_for_rows(args, 1600, mi_main.STEP_BUDGET) == [] and args.n_epoch == 100
     args = mi_main.parse_args([])
-    assert (
-        mi_main.batch_and_epochs_for_rows(args, 8000) == [] and args.n_epoch == mi_main.N_EPOCH
-    )  # 10,000 rows: as before
+    notes = mi_data_processing.batch_and_epochs_for_rows(args, 8000, mi_main.STEP_BUDGET)
+    assert notes == [] and args.n_epoch == mi_main.N_EPOCH  # 10,000 rows: as before
 
 
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
@@ -231,9 +231,9 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
     assert status == 0
     assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 40
 
-    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)
-    parts = np.loadtxt(output_dir / mi_main.PARTS_FILE)
-    held_out = np.loadtxt(output_dir / mi_main.HELD_OUT_FILE)
+    estimates = np.loadtxt(output_dir / mi_data_processing.ESTIMATE_FILE)
+    parts = np.loadtxt(output_dir / mi_data_processing.PARTS_FILE)
+    held_out = np.loadtxt(output_dir / mi_data_processing.HELD_OUT_FILE)
     assert estimates.shape == (40,) and parts.shape == (40, 2) and held_out.shape == (40,)
     np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
 
@@ -290,16 +290,16 @@ def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_f
     assert status == 0
     summary = json.loads((output_dir / mi_main.SUMMARY_FILE).read_text())
     assert summary["held_out_rows"] == 0 and summary["rows"] == summary["training_rows"] == 1000
-    assert summary["mi_estimate"] == pytest.approx(np.loadtxt(output_dir / mi_main.ESTIMATE_FILE)[-1])
-    assert not (output_dir / mi_main.HELD_OUT_FILE).exists()
+    assert summary["mi_estimate"] == pytest.approx(np.loadtxt(output_dir / mi_data_processing.ESTIMATE_FILE)[-1])
+    assert not (output_dir / mi_data_processing.HELD_OUT_FILE).exists()
 
 
 def assert_reference_files_at_the_top(output_dir, n_epoch):
     """The reference's two files (and the held-out curve) at the top of
     output_dir, n_epoch rows each, finite, the estimate = joint - marginal."""
-    estimates = np.loadtxt(output_dir / mi_main.ESTIMATE_FILE, ndmin=1)
-    parts = np.loadtxt(output_dir / mi_main.PARTS_FILE, ndmin=2)
-    held_out = np.loadtxt(output_dir / mi_main.HELD_OUT_FILE, ndmin=1)
+    estimates = np.loadtxt(output_dir / mi_data_processing.ESTIMATE_FILE, ndmin=1)
+    parts = np.loadtxt(output_dir / mi_data_processing.PARTS_FILE, ndmin=2)
+    held_out = np.loadtxt(output_dir / mi_data_processing.HELD_OUT_FILE, ndmin=1)
     assert estimates.shape == (n_epoch,) and parts.shape == (n_epoch, 2) and held_out.shape == (n_epoch,)
     assert np.isfinite(estimates).all() and np.isfinite(parts).all() and np.isfinite(held_out).all()
     np.testing.assert_allclose(estimates, parts[:, 0] - parts[:, 1], atol=1e-5)
@@ -334,13 +334,13 @@ def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path,
     estimates, parts, held_out = assert_reference_files_at_the_top(output_dir, 4)
     folds = [output_dir / f"fold-{k}" for k in range(1, mi_main.FOLDS + 1)]
     np.testing.assert_allclose(
-        estimates, np.mean([np.loadtxt(fold / mi_main.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6
+        estimates, np.mean([np.loadtxt(fold / mi_data_processing.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6
     )
     np.testing.assert_allclose(
-        parts, np.mean([np.loadtxt(fold / mi_main.PARTS_FILE) for fold in folds], axis=0), atol=1e-6
+        parts, np.mean([np.loadtxt(fold / mi_data_processing.PARTS_FILE) for fold in folds], axis=0), atol=1e-6
     )
     np.testing.assert_allclose(
-        held_out, np.mean([np.loadtxt(fold / mi_main.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6
+        held_out, np.mean([np.loadtxt(fold / mi_data_processing.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6
     )
     assert (output_dir / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -14,6 +14,7 @@ from conftest import REPO, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mi_data_processing
 import mi_main
 from mi_data_processing import InputError, load_rows
 
@@ -52,7 +53,7 @@ def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path,
     assert err.strip().count("\n") == 0 and "smaller --lr" in err
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
     assert summary["status"] == "diverged" and summary["diverged_in_epoch"] == summary["epochs_completed"] + 1
-    estimates = np.array((tmp_path / mi_main.ESTIMATE_FILE).read_text().split(), dtype=float)
+    estimates = np.array((tmp_path / mi_data_processing.ESTIMATE_FILE).read_text().split(), dtype=float)
     assert len(estimates) == summary["epochs_completed"] and np.isfinite(estimates).all()
 
 
@@ -84,28 +85,28 @@ def test_a_signal_stops_after_the_epoch_and_keeps_its_results(known_mi_file, tmp
     assert process.returncode == 128 + signal_number
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] >= 3
-    assert len(np.loadtxt(tmp_path / mi_main.ESTIMATE_FILE)) == summary["epochs_completed"]
-    assert len(np.loadtxt(tmp_path / mi_main.HELD_OUT_FILE)) == summary["epochs_completed"]
+    assert len(np.loadtxt(tmp_path / mi_data_processing.ESTIMATE_FILE)) == summary["epochs_completed"]
+    assert len(np.loadtxt(tmp_path / mi_data_processing.HELD_OUT_FILE)) == summary["epochs_completed"]
     assert f"ckpt-{summary['epochs_completed']}.index" in os.listdir(tmp_path / mi_main.CHECKPOINT_DIR)
-    assert not (tmp_path / mi_main.LOCK_FILE).exists()
+    assert not (tmp_path / mi_data_processing.LOCK_FILE).exists()
 
 
 def test_a_failed_write_leaves_the_previous_files_whole(small_file, tmp_path, capsys, monkeypatch):
     flags = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", *SMALL_RUN]
     assert run_main(flags, capsys)[0] == 0
-    before = {name: (tmp_path / name).read_bytes() for name in [mi_main.ESTIMATE_FILE, mi_main.SUMMARY_FILE]}
+    before = {name: (tmp_path / name).read_bytes() for name in [mi_data_processing.ESTIMATE_FILE, mi_main.SUMMARY_FILE]}
 
     def disk_full(path, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(mi_main, "save_rows", disk_full)
+    monkeypatch.setattr(mi_data_processing, "save_rows", disk_full)
     status, out, err = run_main([*flags, "--n_epoch", "3"], capsys)
     assert status == 1 and "No space left on device" in err
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_a_second_run_into_the_same_directory_is_refused(small_file, tmp_path, capsys):
-    (tmp_path / mi_main.LOCK_FILE).write_text(f"{os.getppid()}\n")  # a live process
+    (tmp_path / mi_data_processing.LOCK_FILE).write_text(f"{os.getppid()}\n")  # a live process
     status, out, err = run_main(
         ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys
     )
@@ -115,18 +116,18 @@ def test_a_second_run_into_the_same_directory_is_refused(small_file, tmp_path, c
 def test_a_stale_lock_is_taken_over(small_file, tmp_path, capsys):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (tmp_path / mi_main.LOCK_FILE).write_text(f"{dead.pid}\n")
+    (tmp_path / mi_data_processing.LOCK_FILE).write_text(f"{dead.pid}\n")
     status, _, _ = run_main(
         ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys
     )
     assert status == 0
-    assert not (tmp_path / mi_main.LOCK_FILE).exists()
+    assert not (tmp_path / mi_data_processing.LOCK_FILE).exists()
 
 
 def test_same_seed_gives_identical_estimate_files(small_file, tmp_path, capsys):
     for name in ["first", "second"]:
         run_main(["--input", small_file, "--output_dir", str(tmp_path / name), "--n_epoch", "3", *SMALL_RUN], capsys)
-    for name in [mi_main.ESTIMATE_FILE, mi_main.PARTS_FILE, mi_main.HELD_OUT_FILE]:
+    for name in [mi_data_processing.ESTIMATE_FILE, mi_data_processing.PARTS_FILE, mi_data_processing.HELD_OUT_FILE]:
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
 
