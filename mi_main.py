@@ -990,7 +990,8 @@ def print_start_line(args, run, data):
         rows_text += f"; candidates {args.candidates.replace(',', ', ')} on each ({run.critics} critics side by side)"
     print(
         f"MINE ({args.estimator}) on {input_name(args)}: {rows_text}, "
-        f"batch {args.batch_size}, {args.n_epoch} epochs, {args.optimizer} lr {args.lr}, seed {args.seed}"
+        f"batch {args.batch_size}, {args.n_epoch} epoch{'s' if args.n_epoch > 1 else ''}, "
+        f"{args.optimizer} lr {args.lr}, seed {args.seed}"
         + (f", {run.strategy.num_replicas_in_sync} replicas ({args.strategy})" if run.replicated else "")
         + (f", true MI {run.truth} nats" if run.truth is not None else "")
         + (f"; resumed after epoch {run.first_epoch}" if args.resume else "")

@@ -97,6 +97,16 @@ def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
     assert notes == [] and args.n_epoch == mi_main.N_EPOCH  # 10,000 rows: as before
 
 
+def test_large_held_out_folds_are_read_on_one_shard():
+    rows = np.random.default_rng(0).standard_normal((140_000, 2))
+    args = mi_main.parse_args(["--folds", "2", "--candidates", "rank:tanh", "--data_dim", "1"])
+    args.input = None
+    data = mi_data_processing.in_memory_data(args, 1, mi_main.STEP_BUDGET, arrays=(rows[:, :1], rows[:, 1:]))
+    assert [len(held_out) for held_out in data.held_out_rows] == [mi_data_processing.SHARD_ROWS] * 2
+    assert data.training_counts == [70_000, 70_000]
+    assert "read on 65,536 of each critic's 70,000 held-out rows" in data.adapted
+
+
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
     path = tmp_path / "rows.dat"
     path.write_text(" ".join(["1"] * 22) + "\n" + " ".join(["1"] * 21 + ["x1"]) + "\n")
