@@ -727,13 +727,14 @@ def compiled_critics(args, critics, total_steps, strategy):
     replicated = strategy.num_replicas_in_sync > 1
     if replicated or compiled is None:
         with strategy.scope():
-            model = make_model(args, critics)
+            model = make_model(args, critics, args.seed)
             optimizer = make_optimizer(args, total_steps)
             optimizer.build(model.trainable_variables)
         compiled = CompiledCritics(model, optimizer, args.jit, passes, resampled_latent_dim(args))
         if not replicated:  # a replicated model's variables belong to its strategy: not kept
             COMPILED_CRITICS[key] = compiled
-    compiled.reset(make_model(args, critics, args.seed).get_weights())
+    else:  # a model made for another seed: this seed's initial weights, a fresh optimizer
+        compiled.reset(make_model(args, critics, args.seed).get_weights())
     return compiled
 
 
