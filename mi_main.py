@@ -49,9 +49,8 @@ X_COLUMNS = None  # of a .csv/.tsv input: names, 0-based indices or ranges ("0-9
 Z_COLUMNS = None  # of a .csv/.tsv input; None: the latent_dim after x's
 DATA_SIZE = None  # rows expected in the input; None takes the file's count
 FOLDS = 5  # > 1: cross-fit, every row evaluated once by a critic trained on the other folds
-VAL_FRACTION = (
-    0.2  # with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
-)
+# with one split (--folds 1): share of rows held out to evaluate the bound on; 0: none (the reference)
+VAL_FRACTION = 0.2
 TRANSFORM = "rank"  # per-column map fitted on training rows: "rank", "standardize" or "none"
 MARGINAL = "resample"  # "resample": fresh marginal pairs every epoch; "file": the file's fixed rows
 EVAL_PERMUTATIONS = 4  # fresh marginal pairings averaged per held-out evaluation
@@ -1263,14 +1262,18 @@ def one_split_stderr(args, run, data, chosen):
     critics chosen on the two halves (indices `chosen`), on every held-out
     row, at the last epoch's weights: the run keeps no earlier ones, and
     late epochs differ little under the cosine schedule."""
-    passes = args.eval_permutations if resampled_latent_dim(args) else 1
+    rows = np.stack(data.held_out_rows)[:, None]  # [critics, one part, rows, columns]
+    counts = tf.fill([len(rows), 1], rows.shape[2])
     joint, marginal = held_out_scores(
         run.compiled.model,
-        np.stack(data.held_out_rows),
+        tf.constant(rows),
+        counts,
         tf.constant(args.seed, tf.int64),
-        passes,
+        0,
+        args.eval_permutations,
         resampled_latent_dim(args),
     )
+    joint, marginal = joint.numpy()[:, 0], marginal.numpy()[:, :, 0]
     return float(np.mean([held_out_stderr(joint[k], marginal[k], args.estimator) for k in chosen]))
 
 

@@ -258,14 +258,15 @@ def cross_fitted_interval(fold_estimates):
 ESTIMATORS = ("mine", "mine_biased", "mine_f")
 
 
-def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
-    """Each critic's bound on each of its held-out parts, [critics, parts]:
-    halves is [critics, parts, most rows, columns] with counts
-    [critics, parts] real rows, as stacked_halves makes it. Each bound is
-    averaged over `passes` fresh marginal pairings (streams 1.. keep them
-    apart from the training order). One pass of the network scores every
-    part's joint half, and one every pairing's marginal half."""
-    rows, counts = halves
+def held_out_scores(model, rows, counts, seed, epoch, passes, resample_latent_dim):
+    """Each critic's scores on its held-out parts: rows [critics, parts,
+    most rows, columns], counts [critics, parts] real rows first. Returns T
+    on the rows [critics, parts, most rows, outputs] and T on `passes`
+    fresh marginal pairings of each part, [critics, passes, parts, most
+    rows, outputs] (streams 1.. keep them apart from the training order;
+    without resample_latent_dim the file's own marginal half, one pass).
+    One pass of the network scores every part's joint half, and one every
+    pairing's marginal half."""
     critics, parts, most_rows, columns = rows.shape
     width = model.sample_width
     groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
@@ -277,8 +278,9 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
                 for stream in range(1, passes + 1)
             ]
         )  # [passes, groups, most_rows, columns]
-    else:  # the file's own marginal half
+    else:
         paired = groups[None]
+    passes = paired.shape[0]
     joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
     marginal_scores = model.statistics_network(
         tf.reshape(
@@ -286,11 +288,25 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
             [critics, passes * parts * most_rows, width],
         )
     )
-    out_width = joint_scores.shape[-1]
+    return (
+        tf.reshape(joint_scores, [critics, parts, most_rows, -1]),
+        tf.reshape(marginal_scores, [critics, passes, parts, most_rows, -1]),
+    )
+
+
+def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
+    """Each critic's bound on each of its held-out parts, [critics, parts]:
+    halves is (rows, counts) as stacked_halves makes them, scored by
+    held_out_scores; each bound is averaged over the marginal pairings."""
+    rows, counts = halves
+    critics, parts, most_rows, _ = rows.shape
+    joint_scores, marginal_scores = held_out_scores(model, rows, counts, seed, epoch, passes, resample_latent_dim)
+    passes, out_width = marginal_scores.shape[1], marginal_scores.shape[-1]
     # a group per (critic, pass, part): the bound of each, then the mean over the passes
-    joint_scores = tf.tile(tf.reshape(joint_scores, [critics, 1, parts, most_rows, out_width]), [1, passes, 1, 1, 1])
+    joint_scores = tf.tile(joint_scores[:, None], [1, passes, 1, 1, 1])
     mask = tf.tile(
-        tf.reshape(real_rows_mask(group_counts, most_rows), [critics, 1, parts, most_rows]), [1, passes, 1, 1]
+        tf.reshape(real_rows_mask(tf.reshape(counts, [-1]), most_rows), [critics, 1, parts, most_rows]),
+        [1, passes, 1, 1],
     )
     bounds = model.bound(
         tf.reshape(joint_scores, [-1, most_rows, out_width]),
@@ -298,27 +314,6 @@ def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
         tf.reshape(mask, [-1, most_rows]),
     )[0]
     return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
-
-
-def held_out_scores(model, held_out_rows, seed, passes, resample_latent_dim):
-    """Each critic's scores on its held-out rows [critics, rows, columns]
-    (all real): (T on the rows [critics, rows, outputs], T on their
-    marginal pairings [critics, passes, rows, outputs]), the pairings drawn
-    as held_out_bounds draws them (an epoch of its own: 0)."""
-    rows = tf.constant(held_out_rows)
-    critics, count, _ = rows.shape
-    width = model.sample_width
-    counts = tf.fill([critics], count)
-    if resample_latent_dim:
-        paired = tf.stack(
-            [shifted_marginals(rows, counts, seed, 0, stream, resample_latent_dim) for stream in range(1, passes + 1)],
-            axis=1,
-        )
-    else:  # the file's own marginal half
-        paired = rows[:, None]
-    joint_scores = model.statistics_network(rows[..., :width])
-    marginal_scores = model.statistics_network(tf.reshape(paired[..., width:], [critics, -1, width]))
-    return joint_scores.numpy(), marginal_scores.numpy().reshape(critics, paired.shape[1], count, -1)
 
 
 @tf.keras.utils.register_keras_serializable(package="mine")
