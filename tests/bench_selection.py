@@ -15,6 +15,9 @@ mean error against the true MI, per task, over the seeds:
   other folds: chosen on the mean held-out bound of the other folds, read
       on the fold's own rows (mi_model.pooled_selected_estimates, the default);
   other folds, 5 epochs: the same, read as the mean of 5 epochs around the choice;
+  other folds, max-min: chosen on the lowest of the other folds' bounds;
+  other folds, mean - sd: on their mean less their standard deviation, so
+      that a candidate whose critics are erratic between folds loses;
   candidate k: candidate k alone, its epoch chosen on the other folds;
   oracle: each fold's highest held-out bound, chosen on the rows it is read
       on: biased upward, it shows what the choice itself costs.
@@ -64,7 +67,14 @@ def rule_estimates(history, per_fold):
     rules = collections.defaultdict(list)
     for fold in range(folds):
         rules["halves"].append(cross_selected_estimate(half_a[:, fold], half_b[:, fold])[0])
-        others = np.delete(bounds, fold, axis=1).mean(axis=1)
+        other_folds = np.delete(bounds, fold, axis=1)  # [epochs, folds - 1, candidates]
+        others = other_folds.mean(axis=1)
+        for rule, score in (
+            ("other folds, max-min", other_folds.min(axis=1)),
+            ("other folds, mean - sd", others - other_folds.std(axis=1, ddof=1)),
+        ):
+            epoch, candidate = np.unravel_index(int(np.argmax(score)), score.shape)
+            rules[rule].append(bounds[epoch, fold, candidate])
         epoch, candidate = np.unravel_index(int(np.argmax(others)), others.shape)
         rules["other folds, 5 epochs"].append(bounds[max(0, epoch - 2) : epoch + 3, fold, candidate].mean())
         rules["oracle"].append(bounds[:, fold].max())
