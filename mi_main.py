@@ -62,6 +62,9 @@ N_EPOCH = 100
 STEP_BUDGET = 3200
 LR = 0.003
 OPTIMIZER = "adam"  # "adam" or "sgd" (the reference's)
+# Adam's decay of its squared-gradient average. Keras's 0.999 remembers one huge gradient (a
+# heavy-tailed batch, weighted by exp T) for about 1,000 steps and stalls the critic meanwhile.
+ADAM_BETA_2 = 0.99
 LR_SCHEDULE = "cosine"  # "cosine": decays to 0 over the run; "constant": the reference's
 SEED = 0
 JIT = True  # compile each epoch with XLA
@@ -413,6 +416,12 @@ def add_training_flags(parser):
         help="cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's",
     )
     training.add_argument("--optimizer", choices=["adam", "sgd"], default=OPTIMIZER, help="sgd is the reference's")
+    training.add_argument(
+        "--adam_beta_2",
+        type=fraction,
+        default=ADAM_BETA_2,
+        help="Adam's decay of its squared-gradient average (Keras's default: 0.999)",
+    )
     training.add_argument("--seed", type=int, default=SEED, help="seeds the split, the weights and the shuffles")
     training.add_argument(
         "--jit", action=argparse.BooleanOptionalAction, default=JIT, help="compile each epoch with XLA"
@@ -580,7 +589,7 @@ def make_optimizer(args, total_steps):
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(args.lr, total_steps)
     if args.optimizer == "sgd":
         return tf.keras.optimizers.SGD(learning_rate)
-    return tf.keras.optimizers.Adam(learning_rate)
+    return tf.keras.optimizers.Adam(learning_rate, beta_2=args.adam_beta_2)
 
 
 def make_train_step(model, optimizer):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from mi_data_processing import epoch_batches
-from mi_main import make_train_step, train_chunk
+from mi_main import make_optimizer, make_train_step, parse_args, train_chunk
 from mi_model import MineModel
 
 
@@ -105,3 +105,19 @@ def test_stacked_critics_start_as_dense_layers_would():
             kernel = network.critic_weights(k)[2]  # hidden_2's kernel
             assert kernel.shape == (128, 128)
             assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+
+
+@pytest.mark.parametrize("flags, recovered", [([], True), (["--adam_beta_2", "0.999"], False)])
+def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, recovered):
+    # A gradient 1,000 times the usual, then usual ones: Adam's steps stay
+    # small until its squared-gradient average forgets the huge one.
+    args = parse_args([*flags, "--lr_schedule", "constant"])
+    optimizer = make_optimizer(args, 1000)
+    weight = tf.Variable([0.0])
+    optimizer.build([weight])
+    optimizer.apply_gradients([(tf.constant([1000.0]), weight)])
+    for _ in range(1000):
+        before = float(weight[0])
+        optimizer.apply_gradients([(tf.constant([1.0]), weight)])
+    step = before - float(weight[0])
+    assert (step > 0.5 * args.lr) == recovered and (step < 0.1 * args.lr) != recovered
