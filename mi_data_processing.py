@@ -760,8 +760,13 @@ def resampled_latent_dim(args):
 
 
 def candidates(args):
-    """[(transform, activation), ...] of --candidates."""
-    return [tuple(candidate.split(":")) for candidate in args.candidates.split(",")]
+    """[(transform, activation, weight_decay), ...] of --candidates, each TRANSFORM:ACTIVATION[:wdDECAY]
+    (no decay: 0)."""
+    parsed = []
+    for candidate in args.candidates.split(","):
+        transform, activation, *decay = candidate.split(":")
+        parsed.append((transform, activation, float(decay[0].removeprefix("wd")) if decay else 0.0))
+    return parsed
 
 
 MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
@@ -870,7 +875,7 @@ def in_memory_data(args, resample_latent_dim, step_budget, arrays=None):
     sample_width = args.data_dim + args.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
-        for kind, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
+        for kind, _, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
             parameters = fit_transform_parameters(kind, training_rows, sample_width)
             transform = make_transform(kind, parameters, sample_width)
             training_sets.append(transform(training_rows))
@@ -923,7 +928,7 @@ def streamed_data(args, resample_latent_dim, step_budget, transform_sample):
     for start in range(0, training_rows, SHARD_ROWS):
         shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
         sample.append(shard[rng.random(len(shard)) < keep])
-    ((kind, _),) = candidates(args)  # run() refuses several with --cache_dir
+    ((kind, _, _),) = candidates(args)  # run() refuses several with --cache_dir
     parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
     transform = make_transform(kind, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))

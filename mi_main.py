@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import re
@@ -299,8 +300,9 @@ def add_model_flags(parser):
         "--candidates",
         type=candidate_list,
         default=argparse.SUPPRESS,
-        help="critics trained side by side on every fold, each TRANSFORM:ACTIVATION; each fold is read at the one "
-        f"with the highest held-out bound on the other folds; one candidate: a fixed critic (default: {CANDIDATES}, or "
+        help="critics trained side by side on every fold, each TRANSFORM:ACTIVATION, or TRANSFORM:ACTIVATION:wdDECAY "
+        "for a decoupled weight decay (asinh:relu:wd2); each fold is read at the one with the highest held-out bound "
+        f"on the other folds; one candidate: a fixed critic (default: {CANDIDATES}, or "
         f"{TRANSFORM}:{ACTIVATION} with --cache_dir or a --strategy other than default)",
     )
     model.add_argument("--data_dim", type=positive(int), default=DATA_DIM, help="columns of x")
@@ -540,14 +542,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def is_weight_decay(text):
+    """'wd2', 'wd0.5': a candidate's weight decay, wd and a number >= 0."""
+    try:
+        return text.startswith("wd") and 0 <= float(text[2:]) < math.inf
+    except ValueError:
+        return False
+
+
 def candidate_list(text):
-    """'rank:tanh,standardize:relu' -> the same text, checked; parse with candidates()."""
+    """'rank:tanh,asinh:relu:wd2' -> the same text, checked; parse with candidates()."""
     for candidate in text.split(","):
-        transform, _, activation = candidate.partition(":")
-        if transform not in TRANSFORMS or activation not in ACTIVATIONS:
+        fields = candidate.split(":")
+        if not (
+            len(fields) in (2, 3)
+            and fields[0] in TRANSFORMS
+            and fields[1] in ACTIVATIONS
+            and all(map(is_weight_decay, fields[2:]))
+        ):
             raise argparse.ArgumentTypeError(
-                f"'{candidate}' is not TRANSFORM:ACTIVATION with TRANSFORM in {', '.join(TRANSFORMS)} and ACTIVATION "
-                f"in {', '.join(ACTIVATIONS)}"
+                f"'{candidate}' is not TRANSFORM:ACTIVATION or TRANSFORM:ACTIVATION:wdDECAY with TRANSFORM in "
+                f"{', '.join(TRANSFORMS)}, ACTIVATION in {', '.join(ACTIVATIONS)} and DECAY a number >= 0"
             )
     if len(set(text.split(","))) != len(text.split(",")):
         raise argparse.ArgumentTypeError(f"'{text}' names a candidate twice")
@@ -558,11 +573,10 @@ def critic_folders(args, folds):
     """Each critic's folder under --output_dir, fold-major (critic
     f * candidates + c): fold-F/, TRANSFORM-ACTIVATION/, or both nested."""
     folders = []
+    names = args.candidates.split(",")
     for fold in range(folds):
-        for transform, activation in candidates(args):
-            parts = ([f"fold-{fold + 1}"] if folds > 1 else []) + (
-                [f"{transform}-{activation}"] if len(candidates(args)) > 1 else []
-            )
+        for name in names:
+            parts = ([f"fold-{fold + 1}"] if folds > 1 else []) + ([name.replace(":", "-")] if len(names) > 1 else [])
             folders.append(os.path.join(*parts))
     return folders
 
@@ -583,13 +597,21 @@ def flags_file_text(args):
     return "\n".join(lines) + "\n"
 
 
-def make_optimizer(args, total_steps):
+def make_optimizer(args, total_steps, critics=1):
+    """The optimizer of `critics` critics, critic k being candidate k % candidates. Each candidate's weight
+    decay is decoupled, as in AdamW: Keras multiplies every weight by 1 - decay * learning rate each step,
+    and a [critics, 1, 1] array of decays broadcasts over the stacked kernels and biases, one per critic."""
     learning_rate = args.lr
     if args.lr_schedule == "cosine":
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(args.lr, total_steps)
+    decays = [decay for _, _, decay in candidates(args)]
+    weight_decay = None
+    if any(decays):
+        per_critic = [decays[k % len(decays)] for k in range(critics)]
+        weight_decay = per_critic[0] if critics == 1 else np.array(per_critic, np.float32).reshape(-1, 1, 1)
     if args.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate)
-    return tf.keras.optimizers.Adam(learning_rate, beta_2=args.adam_beta_2)
+        return tf.keras.optimizers.SGD(learning_rate, weight_decay=weight_decay)
+    return tf.keras.optimizers.Adam(learning_rate, beta_2=args.adam_beta_2, weight_decay=weight_decay)
 
 
 def make_train_step(model, optimizer):
@@ -695,7 +717,7 @@ COMPILED_CRITICS = {}
 def make_model(args, critics, seed=None):
     """The run's model, critic f * candidates + c being fold f's candidate
     c; with a seed, its initial weights are those of the seed."""
-    activations = [activation for _, activation in candidates(args)] * (critics // len(candidates(args)))
+    activations = [activation for _, activation, _ in candidates(args)] * (critics // len(candidates(args)))
     activation = activations[0] if len(set(activations)) == 1 else activations
     return MineModel(
         args.data_dim,
@@ -736,7 +758,7 @@ def compiled_critics(args, critics, total_steps, strategy):
     if replicated or compiled is None:
         with strategy.scope():
             model = make_model(args, critics, args.seed)
-            optimizer = make_optimizer(args, total_steps)
+            optimizer = make_optimizer(args, total_steps, critics)
             optimizer.build(model.trainable_variables)
         compiled = CompiledCritics(model, optimizer, args.jit, passes, resampled_latent_dim(args))
         if not replicated:  # a replicated model's variables belong to its strategy: not kept

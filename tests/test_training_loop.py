@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from mi_data_processing import epoch_batches
-from mi_main import make_optimizer, make_train_step, parse_args, train_chunk
+from mi_main import InputError, make_optimizer, make_train_step, parse_args, train_chunk
 from mi_model import MineModel
 
 
@@ -121,3 +121,21 @@ def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, 
         optimizer.apply_gradients([(tf.constant([1.0]), weight)])
     step = before - float(weight[0])
     assert (step > 0.5 * args.lr) == recovered and (step < 0.1 * args.lr) != recovered
+
+
+def test_each_candidate_decays_only_its_own_critics():
+    # With a zero gradient Adam moves nothing, so what changes is the decoupled decay alone:
+    # every weight of a wd0.5 critic times 1 - 0.5 * lr, the other candidate's critics untouched.
+    args = parse_args(["--candidates", "rank:tanh,asinh:relu:wd0.5", "--lr_schedule", "constant", "--lr", "0.1"])
+    model = MineModel(10, 1, 8, 1, activation=["tanh", "relu"] * 2, critics=4, seed=1)
+    optimizer = make_optimizer(args, 100, critics=4)
+    before = [variable.numpy() for variable in model.trainable_variables]
+    optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in model.trainable_variables])
+    for old, variable in zip(before, model.trainable_variables, strict=True):
+        np.testing.assert_allclose(variable.numpy(), old * np.array([1, 0.95, 1, 0.95]).reshape(-1, 1, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("text", ["asinh:relu:2", "asinh:relu:wd-1", "asinh:relu:wdinf", "asinh:relu:wd1:wd2"])
+def test_a_candidate_weight_decay_must_be_wd_and_a_number(text):
+    with pytest.raises(InputError, match=f"'{text}' is not TRANSFORM:ACTIVATION or TRANSFORM:ACTIVATION:wdDECAY"):
+        parse_args(["--candidates", f"rank:tanh,{text}"])
