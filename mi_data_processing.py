@@ -14,19 +14,93 @@ Run as a script it writes such a file with a chosen MI:
 
 Files may also hold the joint half alone (data_dim + latent_dim columns);
 marginal pairs are then always made by pairing x with another row's z.
+
+TensorFlow's own output on stderr is this module's too: it loads TensorFlow
+behind a filter of the INFO lines TensorFlow logs as it loads, which its
+log level cannot hold back. So it is the first module mi_main imports.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import math
 import os
+import re
+import sys
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    from mi_main import Config
+
+# An absl log record: severity letter, date, time (or seconds since 1970), thread, file:line].
+LOG_RECORD = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ")
+LOG_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+# Records TensorFlow 2.21 logs as errors on every load from XLA's persistent
+# cache on a CPU, though the load succeeds: a text-format attempt before the
+# binary one, and tuning options (+prefer-no-scatter) taken for CPU features.
+CACHE_LOAD_NOISE = re.compile(
+    r"(Error parsing text-format tensorflow\.XlaSerializedCacheEntry|"
+    r"Loading XLA:CPU AOT result\. Target machine feature \+prefer-no-(scatter|gather) )"
+)
+
+
+def startup_lines_kept(text: str, min_level: int, dropped: re.Pattern | None = None) -> str:
+    """The lines of TensorFlow's stderr that TF_CPP_MIN_LOG_LEVEL
+    `min_level` lets through: records of severity I, W, E, F (0-3) at
+    min_level or above, with their continuation lines, but for records
+    whose message matches `dropped`; anything that is not a record and
+    follows none is kept. absl's preamble is dropped."""
+    kept, keeping = [], True
+    for line in text.splitlines(keepends=True):
+        record = LOG_RECORD.match(line)
+        if record:
+            keeping = "IWEF".index(record.group(1)) >= min_level and not (dropped and dropped.match(line, record.end()))
+        if keeping and line.rstrip("\n") != LOG_PREAMBLE:
+            kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def tensorflow_log_filtered(dropped: re.Pattern | None = None) -> Iterator[None]:
+    """Filters what TensorFlow writes to file descriptor 2 inside the block:
+    records below TF_CPP_MIN_LOG_LEVEL (2, warnings, where it is not set;
+    nothing is set) and records matching `dropped` are held back; the rest,
+    and everything if the block fails, reaches stderr. TensorFlow 2.21 logs
+    a few INFO lines while its libraries load (oneDNN on CPUs with AVX-512
+    or AMX, CPU features), before its logging reads the level, and so
+    whatever it is."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    min_level = int(level) if level.isdigit() else 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write(text if failed else startup_lines_kept(text, min_level, dropped))
+            sys.stderr.flush()
+
+
+with tensorflow_log_filtered():  # TensorFlow logs INFO lines as it loads, whatever its log level
+    import tensorflow as tf  # noqa: E402
 
 
 class InputError(ValueError):
@@ -54,7 +128,8 @@ def load_rows(path: str, columns: int | tuple[int, ...]) -> np.ndarray:
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not a text file (byte {raw[error.start]:#04x} at offset {error.start})") from None
 
-    values, line_numbers = [], []
+    values: list[list[float]] = []
+    line_numbers: list[int] = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
@@ -85,7 +160,7 @@ TEXT_SUFFIXES = (".dat", ".txt")  # whitespace-separated rows, as the reference'
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a header row, then one row per sample
 
 
-def checked_array(values, where, row_offset=0):
+def checked_array(values: Any, where: str, row_offset: int = 0) -> np.ndarray:
     """values as a 2-D float32 array, or InputError naming `where` and the
     first row (counted from row_offset + 1) holding NaN, infinity or a
     number beyond float32's range."""
@@ -107,7 +182,7 @@ def checked_array(values, where, row_offset=0):
     return rows
 
 
-def load_npy(path, columns):
+def load_npy(path: str, columns: tuple[int, ...]) -> np.ndarray:
     """One array from a .npy file, [rows, width] with width in `columns`."""
     try:
         values = np.load(path, allow_pickle=False)
@@ -142,7 +217,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, z
 
 
-def parse_columns(spec, header, path, flag):
+def parse_columns(spec: str, header: list[str], path: str, flag: str) -> list[int]:
     """Column indices of `spec`: comma-separated header names, 0-based
     indices or ranges of them ('0-9')."""
     indices = []
@@ -164,7 +239,9 @@ def parse_columns(spec, header, path, flag):
     return indices
 
 
-def load_table(path, x_columns, z_columns, data_dim, latent_dim):
+def load_table(
+    path: str, x_columns: str | None, z_columns: str | None, data_dim: int, latent_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(x, z) from a .csv or .tsv file with a header row: the columns of
     x_columns and z_columns, or, when both are None, the table's first
     data_dim columns as x and the next latent_dim as z (it must have
@@ -223,7 +300,7 @@ def _is_number(token):
     return True
 
 
-def split_rows(rows, val_fraction, seed):
+def split_rows(rows: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Splits rows into (training, held_out) at random, fixed by `seed`.
 
     round(val_fraction * rows) rows are held out, in random order (so that
@@ -240,7 +317,7 @@ TRANSFORMS = ("rank", "standardize", "asinh", "none")
 ASINH_LINEAR_ZONE = 3.0
 
 
-def fold_rows(rows, folds, fold, seed):
+def fold_rows(rows: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, held_out) for cross-fitting: the rows cut at random
     (fixed by `seed`) into `folds` near-equal folds; fold number `fold` is
     held out, in random order, and the others train."""
@@ -248,7 +325,7 @@ def fold_rows(rows, folds, fold, seed):
     return rows[np.concatenate(parts[:fold] + parts[fold + 1 :])], rows[parts[fold]]
 
 
-def fit_transform_parameters(kind, training_rows, sample_width):
+def fit_transform_parameters(kind: str, training_rows: np.ndarray, sample_width: int) -> dict[str, Any]:
     """What a per-column map learns from the training rows' joint half.
 
     Any invertible map of each coordinate leaves the mutual information
@@ -285,7 +362,7 @@ def fit_transform_parameters(kind, training_rows, sample_width):
     raise ValueError(f"unknown transform {kind!r}")
 
 
-def make_transform(kind, parameters, sample_width):
+def make_transform(kind: str, parameters: dict[str, Any], sample_width: int) -> Callable[[np.ndarray], np.ndarray]:
     """rows -> rows: the map of column j applied to column j of both halves,
     since x and x_bar (z and z_bar) are the same variable."""
     if kind == "none":
@@ -318,7 +395,7 @@ def make_transform(kind, parameters, sample_width):
     return transform
 
 
-def stacked_rows(rows_per_critic):
+def stacked_rows(rows_per_critic: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """One array for several critics' rows: [critics, most rows, columns],
     each critic's rows first and zeros after, and each critic's row count.
     (Folds differ in size by a row.)"""
@@ -329,19 +406,19 @@ def stacked_rows(rows_per_critic):
     return stacked, counts
 
 
-def real_rows_mask(counts, max_rows):
+def real_rows_mask(counts: tf.Tensor, max_rows: tf.Tensor | int) -> tf.Tensor:
     """[critics, max_rows]: 1.0 for each critic's first counts[k] rows, 0.0 for its padding."""
     return tf.cast(tf.range(max_rows)[None, :] < counts[:, None], tf.float32)
 
 
-def epoch_key(seed, epoch, stream):
+def epoch_key(seed: tf.Tensor | int, epoch: tf.Tensor | int, stream: int) -> tf.Tensor:
     """The stateless random key of (seed, epoch, stream)."""
     return tf.random.experimental.stateless_fold_in(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]), tf.cast(stream, tf.int64)
     )
 
 
-def z_bar_shifted(rows, counts, shifts, resample_latent_dim):
+def z_bar_shifted(rows: tf.Tensor, counts: tf.Tensor, shifts: tf.Tensor, resample_latent_dim: int) -> tf.Tensor:
     """rows [groups, max_rows, columns] with each real row i's last
     resample_latent_dim columns (z_bar) taken from row (i + shifts[g]) mod
     counts[g] of its group; the padding rows after the counts[g] real ones
@@ -352,7 +429,9 @@ def z_bar_shifted(rows, counts, shifts, resample_latent_dim):
     return tf.concat([rows[..., :-resample_latent_dim], z_bar], axis=-1)
 
 
-def critic_orders(counts, max_rows, seed, epoch, stream=0):
+def critic_orders(
+    counts: tf.Tensor, max_rows: tf.Tensor | int, seed: tf.Tensor | int, epoch: tf.Tensor | int, stream: int = 0
+) -> tf.Tensor:
     """For each critic, a random order of its rows, [critics, max_rows]: its
     counts[k] real rows first, then its padding.
 
@@ -364,7 +443,14 @@ def critic_orders(counts, max_rows, seed, epoch, stream=0):
     return tf.argsort(tf.where(real_rows_mask(counts, max_rows) > 0, keys, 2.0), axis=1)
 
 
-def paired_marginals(rows, counts, seed, epoch, stream=0, resample_latent_dim=0):
+def paired_marginals(
+    rows: tf.Tensor,
+    counts: tf.Tensor,
+    seed: tf.Tensor | int,
+    epoch: tf.Tensor | int,
+    stream: int = 0,
+    resample_latent_dim: int = 0,
+) -> tf.Tensor:
     """Each critic's rows [critics, max_rows, columns] in the order of
     critic_orders; with resample_latent_dim > 0, each real row's last
     resample_latent_dim columns (z_bar) are taken from the row before it
@@ -381,7 +467,14 @@ def paired_marginals(rows, counts, seed, epoch, stream=0, resample_latent_dim=0)
     return z_bar_shifted(shuffled, counts, -tf.ones_like(counts), resample_latent_dim)
 
 
-def shifted_marginals(rows, counts, seed, epoch, stream, resample_latent_dim):
+def shifted_marginals(
+    rows: tf.Tensor,
+    counts: tf.Tensor,
+    seed: tf.Tensor | int,
+    epoch: tf.Tensor | int,
+    stream: int,
+    resample_latent_dim: int,
+) -> tf.Tensor:
     """Each group's rows [groups, max_rows, columns] (counts[g] real rows
     first) with fresh marginal pairs: row i's last resample_latent_dim
     columns (z_bar) taken from row i + s, cyclically among the group's real
@@ -395,7 +488,14 @@ def shifted_marginals(rows, counts, seed, epoch, stream, resample_latent_dim):
     return z_bar_shifted(rows, counts, shifts, resample_latent_dim)
 
 
-def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resample_latent_dim=0):
+def epoch_batches(
+    rows_per_critic: list[np.ndarray],
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    n_epoch: int,
+    resample_latent_dim: int = 0,
+) -> tf.data.Dataset:
     """A tf.data pipeline with one element per epoch, freshly shuffled, for
     one critic or several side by side (one array of rows each).
 
@@ -427,7 +527,7 @@ def epoch_batches(rows_per_critic, batch_size, seed, first_epoch, n_epoch, resam
     return without_autotune(tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1))
 
 
-def without_autotune(dataset):
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """The dataset with tf.data's autotuning off. Its thread wakes after
     doubling periods (10 ms, 20 ms, ..., 10.24 s), and an iterator reaching
     its end sometimes waited for the next wake: a 100-epoch run whose epochs
@@ -440,7 +540,7 @@ def without_autotune(dataset):
 
 
 # Invertible maps of one coordinate: applied to x or z, they leave I(X; Z) as it was.
-DISTORTIONS = {
+DISTORTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda values: values,
     "cube": lambda values: values**3,
     "half_cube": lambda values: values * np.sqrt(np.abs(values)),
@@ -460,7 +560,7 @@ def _parse_lines(lines, width):
     return tf.cast(tf.stack(fields, axis=1), tf.float32)
 
 
-def build_cache(path, columns, cache_dir):
+def build_cache(path: str, columns: int | tuple[int, ...], cache_dir: str) -> tuple[str, int, int]:
     """Converts the row file once into raw float32 rows in cache_dir, with a
     JSON description; reused while the source's size and mtime are those
     recorded. Returns (cache path, rows, width).
@@ -543,7 +643,7 @@ def _first_row_width(path):
     return None
 
 
-def read_cached_rows(cache_path, width, first_row, count):
+def read_cached_rows(cache_path: str, width: int, first_row: int, count: int) -> np.ndarray:
     """Rows [first_row, first_row + count) of a cache, read from the file
     (not memory-mapped, so that they do not stay resident)."""
     return np.fromfile(cache_path, dtype=np.float32, count=count * width, offset=first_row * width * 4).reshape(
@@ -552,8 +652,16 @@ def read_cached_rows(cache_path, width, first_row, count):
 
 
 def streamed_epoch(
-    cache_path, width, training_rows, batch_size, seed, epoch, shuffle_buffer, transform, resample_latent_dim=0
-):
+    cache_path: str,
+    width: int,
+    training_rows: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int,
+    transform: Callable[[np.ndarray], np.ndarray],
+    resample_latent_dim: int = 0,
+) -> tf.data.Dataset:
     """One epoch of the training rows [0, training_rows) of a cache, as a
     tf.data pipeline of (batches, batch_rows) chunks for one critic, as
     epoch_batches makes them (every batch full), in bounded memory.
@@ -643,12 +751,12 @@ def make_known_mi_rows(
     return rows, description
 
 
-def sidecar_path(path):
+def sidecar_path(path: str) -> str:
     """The JSON description beside a row file: data/x.dat -> data/x.json."""
     return os.path.splitext(path)[0] + ".json"
 
 
-def read_sidecar(path):
+def read_sidecar(path: str) -> dict[str, Any] | None:
     """The row file's JSON description, or None when it has none."""
     try:
         with open(sidecar_path(path)) as stream:
@@ -657,7 +765,7 @@ def read_sidecar(path):
         return None
 
 
-def write_atomically(path, write, binary=False):
+def write_atomically(path: str, write: Callable[[Any], object], binary: bool = False) -> None:
     """Calls write(stream) on a temporary file, then renames it to `path`.
 
     Readers see either the previous complete file or the new one, never a
@@ -674,280 +782,262 @@ def write_atomically(path, write, binary=False):
         raise
 
 
-def save_rows(path, rows):
+def save_rows(path: str, rows: np.ndarray) -> None:
     """Writes rows as numpy.savetxt does by default (%.18e), atomically."""
     write_atomically(path, lambda stream: np.savetxt(stream, rows))
 
 
-def save_json(path, content):
+def save_json(path: str, content: Any) -> None:
     write_atomically(path, lambda stream: stream.write(json.dumps(content, indent=2) + "\n"))
 
 
-# Run inputs: the rows a run's flags name, split and adapted to their size
-def fail(message):
+# Run inputs: the rows a run's settings name, split and adapted to their size
+def fail(message: str) -> NoReturn:
     """Ends the run on bad input: main() prints the message as one line on
     stderr with exit status 2; estimate() raises it (a ValueError)."""
     raise InputError(message)
 
 
-def input_name(args):
-    """How messages name the input: the file, or the arrays given to estimate()."""
-    return args.input if args.input is not None else "the arrays x and z"
-
-
-def read_input(args, arrays=None):
-    """The checked rows, always in the full 2 * (data_dim + latent_dim) layout.
+def read_input(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Config, np.ndarray]:
+    """(config, the checked rows), the rows always in the full 2 * (data_dim
+    + latent_dim) layout.
 
     From `arrays` (x, z) when given (estimate()), else from --input by its
-    extension: .npz and .csv/.tsv give x and z apart, and set --data_dim
-    and --latent_dim to their widths. A joint-only input gets a copy of
-    its joint half as marginal half; the resampling then pairs each x with
-    another row's z.
+    extension: .npz and .csv/.tsv give x and z apart, and the Config
+    returned takes data_dim and latent_dim from their widths. A joint-only
+    input gets a copy of its joint half as marginal half; the resampling
+    then pairs each x with another row's z.
     """
-    suffix = os.path.splitext(args.input)[1].lower() if arrays is None else None
-    if arrays is None and suffix == ".npz":
-        arrays = load_npz(args.input)
-    elif arrays is None and suffix in TABLE_DELIMITERS:
-        arrays = load_table(args.input, args.x_columns, args.z_columns, args.data_dim, args.latent_dim)
+    path = config.input if arrays is None else None  # estimate() gives arrays, the command line a file
+    suffix = os.path.splitext(path)[1].lower() if path is not None else None
+    if path is not None and suffix == ".npz":
+        arrays = load_npz(path)
+    elif path is not None and suffix in TABLE_DELIMITERS:
+        arrays = load_table(path, config.x_columns, config.z_columns, config.data_dim, config.latent_dim)
     if arrays is not None:
         x, z = arrays
         # a width other than the default must agree with the data's
         for flag, variable, width in (("data_dim", "x", x.shape[1]), ("latent_dim", "z", z.shape[1])):
-            if flag not in args.adaptable and getattr(args, flag) != width:
+            if flag not in config.adaptable and getattr(config, flag) != width:
                 fail(
-                    f"--{flag} {getattr(args, flag)} disagrees with {input_name(args)}, whose {variable} has {width} "
-                    "columns"
+                    f"--{flag} {getattr(config, flag)} disagrees with {config.input_name}, whose {variable} has "
+                    f"{width} columns"
                 )
-        args.data_dim, args.latent_dim = x.shape[1], z.shape[1]
+        config = dataclasses.replace(config, data_dim=x.shape[1], latent_dim=z.shape[1])
         rows = np.concatenate([x, z], axis=1).astype(np.float32)
     else:
-        width = args.data_dim + args.latent_dim
+        assert path is not None
+        width = config.data_dim + config.latent_dim
         try:
-            rows = (
-                load_npy(args.input, (2 * width, width))
-                if suffix == ".npy"
-                else load_rows(args.input, (2 * width, width))
-            )
+            rows = load_npy(path, (2 * width, width)) if suffix == ".npy" else load_rows(path, (2 * width, width))
         except InputError as error:
             message = str(error)
             if "columns, expected" in message:
                 message += (
-                    f" (--data_dim {args.data_dim} and --latent_dim {args.latent_dim} make {2 * width} columns, "
+                    f" (--data_dim {config.data_dim} and --latent_dim {config.latent_dim} make {2 * width} columns, "
                     f"or {width} for the joint half alone)"
                 )
             fail(message)
-    width = args.data_dim + args.latent_dim
-    check_file_against_flags(args, *rows.shape)
+    width = config.data_dim + config.latent_dim
+    check_file_against_flags(config, *rows.shape)
     if rows.shape[1] == width:
         rows = np.concatenate([rows, rows], axis=1)
-    return rows
+    return config, rows
 
 
-def check_file_against_flags(args, total_rows, file_width):
+def check_file_against_flags(config: Config, total_rows: int, file_width: int) -> None:
     """Ends the run if the file's row count or layout contradicts the flags."""
-    if args.data_size is not None and args.data_size != total_rows:
-        fail(f"--data_size {args.data_size} disagrees with {input_name(args)}, which has {total_rows} rows")
-    if file_width == args.data_dim + args.latent_dim and args.marginal == "file":
+    if config.data_size is not None and config.data_size != total_rows:
+        fail(f"--data_size {config.data_size} disagrees with {config.input_name}, which has {total_rows} rows")
+    if file_width == config.data_dim + config.latent_dim and config.marginal == "file":
         fail(
-            f"--marginal file needs the marginal half in {input_name(args)}, which has the joint half alone "
+            f"--marginal file needs the marginal half in {config.input_name}, which has the joint half alone "
             f"({file_width} columns)"
         )
-
-
-def resampled_latent_dim(args):
-    """How many trailing columns (z_bar) get fresh pairings; 0 keeps the file's."""
-    return args.latent_dim if args.marginal == "resample" else 0
-
-
-def candidates(args):
-    """[(transform, activation, weight_decay), ...] of --candidates, each TRANSFORM:ACTIVATION[:wdDECAY]
-    (no decay: 0)."""
-    parsed = []
-    for candidate in args.candidates.split(","):
-        transform, activation, *decay = candidate.split(":")
-        parsed.append((transform, activation, float(decay[0].removeprefix("wd")) if decay else 0.0))
-    return parsed
 
 
 MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
 
 
-def folds_for_rows(args, rows):
-    """Fewer folds than the default where the rows cannot give each fold
-    MIN_HELD_OUT held-out rows; returns the start line's note, if any.
-    Refuses an input too small for any estimate, saying what it needs."""
-    if args.folds == 1 or rows >= MIN_HELD_OUT * args.folds:
-        return []
-    if "folds" not in args.adaptable:
+def folds_for_rows(config: Config, rows: int) -> tuple[Config, list[str]]:
+    """(config, the start line's notes): fewer folds than the default where
+    the rows cannot give each fold MIN_HELD_OUT held-out rows. Refuses an
+    input too small for any estimate, saying what it needs."""
+    if config.folds == 1 or rows >= MIN_HELD_OUT * config.folds:
+        return config, []
+    if "folds" not in config.adaptable:
         fail(
-            f"{input_name(args)} has {rows} rows: too few for --folds {args.folds}, which needs {MIN_HELD_OUT} "
-            "held-out "
-            f"rows per fold ({MIN_HELD_OUT * args.folds} rows)"
+            f"{config.input_name} has {rows} rows: too few for --folds {config.folds}, which needs {MIN_HELD_OUT} "
+            f"held-out rows per fold ({MIN_HELD_OUT * config.folds} rows)"
         )
     if rows < 2 * MIN_HELD_OUT:
         fail(
-            f"{input_name(args)} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
-            "out "
-            "by each of two folds"
+            f"{config.input_name} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
+            "out by each of two folds"
         )
-    default, args.folds = args.folds, rows // MIN_HELD_OUT
-    return [f"{args.folds} folds, not {default}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"]
+    folds = rows // MIN_HELD_OUT
+    note = f"{folds} folds, not {config.folds}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"
+    return dataclasses.replace(config, folds=folds), [note]
 
 
-def batch_and_epochs_for_rows(args, training_rows, step_budget):
-    """A default batch cut to a critic's training rows where they are fewer
-    (all of them: smaller batches read lower on 300 rows), and fewer default
-    epochs where step_budget steps take fewer; returns the start line's notes."""
-    notes = []
-    if "batch_size" in args.adaptable and training_rows < args.batch_size:
-        default, args.batch_size = args.batch_size, training_rows
-        notes.append(f"batch {args.batch_size}, not {default}: a critic trains on {training_rows} rows")
-    steps = -(-training_rows // args.batch_size)
-    if "n_epoch" in args.adaptable and steps * args.n_epoch > step_budget:
-        default, args.n_epoch = args.n_epoch, max(1, -(-step_budget // steps))
+def batch_and_epochs_for_rows(config: Config, training_rows: int, step_budget: int) -> tuple[Config, list[str]]:
+    """(config, the start line's notes): a default batch cut to a critic's
+    training rows where they are fewer (all of them: smaller batches read
+    lower on 300 rows), and fewer default epochs where step_budget steps
+    take fewer."""
+    batch_size, n_epoch, notes = config.batch_size, config.n_epoch, []
+    if "batch_size" in config.adaptable and training_rows < batch_size:
+        batch_size = training_rows
+        notes.append(f"batch {batch_size}, not {config.batch_size}: a critic trains on {training_rows} rows")
+    steps = -(-training_rows // batch_size)
+    if "n_epoch" in config.adaptable and steps * n_epoch > step_budget:
+        n_epoch = max(1, -(-step_budget // steps))
         notes.append(
-            f"{args.n_epoch} epoch{'s' if args.n_epoch > 1 else ''}, not {default}: "
-            f"{step_budget:,} steps of {steps:,} an epoch"
+            f"{n_epoch} epoch{'s' if n_epoch > 1 else ''}, not {config.n_epoch}: {step_budget:,} steps of {steps:,} "
+            "an epoch"
         )
-    return notes
+    return dataclasses.replace(config, batch_size=batch_size, n_epoch=n_epoch), notes
 
 
-def split_input(args, rows):
-    """(training, held_out) rows, checked to be enough for a batch and an evaluation."""
-    training_rows, held_out_rows = split_rows(rows, args.val_fraction, args.seed)
-    if len(training_rows) < args.batch_size:
+def check_split(config: Config, rows: int, training_rows: int, held_out_rows: int) -> None:
+    """Ends the run if one split's rows are too few for a batch or an evaluation."""
+    if training_rows < config.batch_size:
         fail(
-            f"{input_name(args)} has {len(rows)} rows, {len(training_rows)} of them for training after --val_fraction "
-            f"{args.val_fraction}: fewer than one batch (--batch_size {args.batch_size})"
+            f"{config.input_name} has {rows} rows, {training_rows} of them for training after --val_fraction "
+            f"{config.val_fraction}: fewer than one batch (--batch_size {config.batch_size})"
         )
-    if args.val_fraction > 0 and len(held_out_rows) < 4:
-        fail(
-            f"--val_fraction {args.val_fraction} holds out {len(held_out_rows)} of {len(rows)} rows; at least 4 are "
-            "needed"
-        )
-    return training_rows, held_out_rows
+    if config.val_fraction > 0 and held_out_rows < 4:
+        fail(f"--val_fraction {config.val_fraction} holds out {held_out_rows} of {rows} rows; at least 4 are needed")
 
 
+# One epoch's chunks: (batches [critics, steps, batch_size, columns], batch_rows [steps]), as epoch_batches makes them
+Chunks = Iterable[tuple[tf.Tensor, tf.Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingData:
     """Where each epoch's rows come from, for all the critics: in memory or
     streamed from a cache.
 
-    epochs(first_epoch) yields, for each epoch from first_epoch on, an
-    iterable of (batches, batch_rows) chunks as epoch_batches makes them,
-    with a leading critic axis: one chunk in memory, one per window
+    epochs(first_epoch) yields, for each epoch from first_epoch on, its
+    chunks, with a leading critic axis: one chunk in memory, one per window
     when streamed. held_out_rows and transform_parameters hold one entry per
     critic; training_counts each critic's training rows (each epoch every
     critic trains on as many as the smallest has).
     """
 
-    def __init__(self, total_rows, training_counts, held_out_rows, transform_parameters, epochs, adapted=()):
-        self.total_rows = total_rows
-        self.adapted = list(adapted)  # the start line's notes on defaults fitted to a small input
-        self.training_counts = training_counts
-        self.held_out_rows = held_out_rows
-        self.transform_parameters = transform_parameters
-        self.epochs = epochs
-        self.critics = len(training_counts)
-        self.rows_per_epoch = min(training_counts)
+    total_rows: int
+    training_counts: list[int]
+    held_out_rows: list[np.ndarray]
+    transform_parameters: list[dict[str, Any]]
+    epochs: Callable[[int], Iterator[Chunks]]
+    adapted: list[str]  # the start line's notes on defaults fitted to the input
+
+    @property
+    def critics(self) -> int:
+        return len(self.training_counts)
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return min(self.training_counts)
 
 
-def in_memory_data(args, resample_latent_dim, step_budget, arrays=None):
-    """The rows in memory: per fold (one split by --val_fraction, or
-    --folds), one critic per candidate (--candidates)."""
-    rows = read_input(args, arrays)
-    adapted = folds_for_rows(args, len(rows))
-    if args.folds == 1:
-        adapted += batch_and_epochs_for_rows(args, len(split_rows(rows, args.val_fraction, args.seed)[0]), step_budget)
-        splits = [split_input(args, rows)]
+def in_memory_data(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Config, TrainingData]:
+    """(config adapted to the rows, the rows in memory): per fold (one split
+    by --val_fraction, or --folds), one critic per candidate."""
+    config, rows = read_input(config, arrays)
+    config, adapted = folds_for_rows(config, len(rows))
+    if config.folds == 1:
+        splits = [split_rows(rows, config.val_fraction, config.seed)]
     else:
-        splits = [fold_rows(rows, args.folds, fold, args.seed) for fold in range(args.folds)]
-        adapted += batch_and_epochs_for_rows(args, min(len(training_rows) for training_rows, _ in splits), step_budget)
-        if min(len(training_rows) for training_rows, _ in splits) < args.batch_size:
-            fail(
-                f"{input_name(args)} has {len(rows)} rows: too few for --folds {args.folds} with --batch_size "
-                f"{args.batch_size}"
-            )
+        splits = [fold_rows(rows, config.folds, fold, config.seed) for fold in range(config.folds)]
+    config, notes = batch_and_epochs_for_rows(
+        config, min(len(training_rows) for training_rows, _ in splits), config.STEP_BUDGET
+    )
+    adapted += notes
+    if config.folds == 1:
+        check_split(config, len(rows), *map(len, splits[0]))
+    elif min(len(training_rows) for training_rows, _ in splits) < config.batch_size:
+        fail(
+            f"{config.input_name} has {len(rows)} rows: too few for --folds {config.folds} with --batch_size "
+            f"{config.batch_size}"
+        )
     if max(len(held_out_rows) for _, held_out_rows in splits) > SHARD_ROWS:
         # as streamed: one shard of held-out rows per critic reads the bound to about 0.005 nats at MI 1
         # and keeps the memory of its evaluation, one XLA call per epoch, bounded
         adapted.append(f"read on {SHARD_ROWS:,} of each critic's {len(splits[0][1]):,} held-out rows")
         splits = [(training_rows, held_out_rows[:SHARD_ROWS]) for training_rows, held_out_rows in splits]
-    sample_width = args.data_dim + args.latent_dim
+    sample_width = config.data_dim + config.latent_dim
     training_sets, held_out_sets, parameters_per_critic = [], [], []
     for training_rows, held_out_rows in splits:
-        for kind, _, _ in candidates(args):  # each candidate critic of the fold sees the rows through its own map
-            parameters = fit_transform_parameters(kind, training_rows, sample_width)
-            transform = make_transform(kind, parameters, sample_width)
+        for candidate in config.candidates:  # each candidate critic of the fold sees the rows through its own map
+            parameters = fit_transform_parameters(candidate.transform, training_rows, sample_width)
+            transform = make_transform(candidate.transform, parameters, sample_width)
             training_sets.append(transform(training_rows))
             held_out_sets.append(transform(held_out_rows))
             parameters_per_critic.append(parameters)
 
-    def epochs(first_epoch):
+    def epochs(first_epoch: int) -> Iterator[Chunks]:
         for element in epoch_batches(
-            training_sets, args.batch_size, args.seed, first_epoch, args.n_epoch, resample_latent_dim
+            training_sets, config.batch_size, config.seed, first_epoch, config.n_epoch, config.resampled_latent_dim
         ):
             yield [element]
 
-    return TrainingData(
+    data = TrainingData(
         len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted
     )
+    return config, data
 
 
-def streamed_data(args, resample_latent_dim, step_budget, transform_sample):
-    """The input through a binary cache, in bounded memory, for one critic
-    (streaming does not cross-fit). The held-out
-    rows are a fixed block at the end of the file (at most one shard), so
-    the file should be in random order; the input map is fitted on a
-    random sample of transform_sample training rows."""
-    width = args.data_dim + args.latent_dim
+def streamed_data(config: Config) -> tuple[Config, TrainingData]:
+    """(config adapted to the rows, the input through a binary cache, in
+    bounded memory) for one critic (streaming does not cross-fit). The
+    held-out rows are a fixed block at the end of the file (at most one
+    shard), so the file should be in random order; the input map is fitted
+    on a random sample of Config.TRANSFORM_SAMPLE training rows."""
+    width = config.data_dim + config.latent_dim
+    assert config.input is not None and config.cache_dir is not None  # run() streams files alone
     try:
-        cache_path, total_rows, file_width = build_cache(args.input, (2 * width, width), args.cache_dir)
+        cache_path, total_rows, file_width = build_cache(config.input, (2 * width, width), config.cache_dir)
     except InputError as error:
         fail(str(error))
     except OSError as error:
-        fail(f"--cache_dir {args.cache_dir}: {error.strerror}")
-    check_file_against_flags(args, total_rows, file_width)
-    held_out = min(int(round(args.val_fraction * total_rows)), SHARD_ROWS)
+        fail(f"--cache_dir {config.cache_dir}: {error.strerror}")
+    check_file_against_flags(config, total_rows, file_width)
+    held_out = min(int(round(config.val_fraction * total_rows)), SHARD_ROWS)
     training_rows = total_rows - held_out
-    adapted = batch_and_epochs_for_rows(args, training_rows, step_budget)
-    if training_rows < args.batch_size:
-        fail(
-            f"{args.input} has {total_rows} rows, {training_rows} of them for training: fewer than one batch "
-            f"(--batch_size {args.batch_size})"
-        )
+    config, adapted = batch_and_epochs_for_rows(config, training_rows, config.STEP_BUDGET)
+    check_split(config, total_rows, training_rows, held_out)
 
     def full_width(raw):
         return np.concatenate([raw, raw], axis=1) if file_width == width else raw
 
-    if args.val_fraction > 0 and held_out < 4:
-        fail(f"--val_fraction {args.val_fraction} holds out {held_out} of {total_rows} rows; at least 4 are needed")
-
-    rng = np.random.default_rng(args.seed)
-    keep = min(1.0, transform_sample / training_rows)
+    rng = np.random.default_rng(config.seed)
+    keep = min(1.0, config.TRANSFORM_SAMPLE / training_rows)
     sample = []
     for start in range(0, training_rows, SHARD_ROWS):
         shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
         sample.append(shard[rng.random(len(shard)) < keep])
-    ((kind, _, _),) = candidates(args)  # run() refuses several with --cache_dir
-    parameters = fit_transform_parameters(kind, full_width(np.concatenate(sample)), width)
-    transform = make_transform(kind, parameters, width)
+    (candidate,) = config.candidates  # run() refuses several with --cache_dir
+    parameters = fit_transform_parameters(candidate.transform, full_width(np.concatenate(sample)), width)
+    transform = make_transform(candidate.transform, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
 
-    def epochs(first_epoch):
-        for epoch in range(first_epoch, args.n_epoch):
+    def epochs(first_epoch: int) -> Iterator[Chunks]:
+        for epoch in range(first_epoch, config.n_epoch):
             yield streamed_epoch(
                 cache_path,
                 file_width,
                 training_rows,
-                args.batch_size,
-                args.seed,
+                config.batch_size,
+                config.seed,
                 epoch,
-                args.shuffle_buffer,
+                config.shuffle_buffer,
                 lambda raw: transform(full_width(raw)),
-                resample_latent_dim,
+                config.resampled_latent_dim,
             )
 
-    return TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
+    return config, TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
 
 
 # Run outputs: the results files, the lock that keeps runs apart, and what --resume checks
@@ -977,26 +1067,70 @@ class OutputError(OSError):
     previous complete ones."""
 
 
-def require_matplotlib():
+def require_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is None:
         fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
 
 
-def save_curves(output_dir, history, has_held_out, plot, truth):
-    """The per-epoch files of one or more critics into output_dir:
-    history is [epochs, critics, 6] (training-rows bound, joint part,
-    marginal part, held-out bound, its two halves); with several critics
-    each row holds their mean."""
-    mean = history.mean(axis=1)
-    save_rows(os.path.join(output_dir, ESTIMATE_FILE), mean[:, 0])
-    save_rows(os.path.join(output_dir, PARTS_FILE), mean[:, 1:3])
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Each critic's figures per epoch, arrays [epochs, critics]: on its
+    training rows the bound and its two parts (mean T on the joint half,
+    log mean exp T on the marginal half), on its held-out rows the bound
+    and the bounds on its halves A and B (NaN without held-out rows). The
+    fields' order is that of figures() and of the checkpoint."""
+
+    training: np.ndarray
+    joint: np.ndarray
+    marginal: np.ndarray
+    held_out: np.ndarray
+    held_out_a: np.ndarray
+    held_out_b: np.ndarray
+
+    WIDTH: ClassVar[int] = 6  # the fields
+
+    @classmethod
+    def of_figures(cls, figures: np.ndarray) -> History:
+        """From figures [epochs, critics, WIDTH], in the fields' order."""
+        return cls(*np.moveaxis(np.asarray(figures, dtype=np.float64), -1, 0))
+
+    @classmethod
+    def empty(cls, critics: int) -> History:
+        return cls.of_figures(np.zeros((0, critics, cls.WIDTH)))
+
+    def figures(self) -> np.ndarray:
+        """[epochs, critics, WIDTH]: every field, in their order."""
+        return np.stack([getattr(self, field.name) for field in dataclasses.fields(self)], axis=-1)
+
+    def appended(self, training: np.ndarray, held_out: np.ndarray) -> History:
+        """With one more epoch: training [critics, 3] (bound, joint part,
+        marginal part) and held_out [critics, 2] (halves A, B)."""
+        epoch = np.column_stack([training, held_out.mean(axis=1), held_out])
+        return History.of_figures(np.concatenate([self.figures(), epoch[None]]))
+
+    def of_critics(self, first: int, stop: int) -> History:
+        """Critics first, ..., stop - 1 alone."""
+        return History(*(getattr(self, field.name)[:, first:stop] for field in dataclasses.fields(self)))
+
+    def __len__(self) -> int:
+        return len(self.training)
+
+
+def save_curves(output_dir: str, history: History, has_held_out: bool, plot: bool, truth: float | None) -> None:
+    """The per-epoch files of one or more critics into output_dir; with
+    several critics each row holds their mean."""
+    save_rows(os.path.join(output_dir, ESTIMATE_FILE), history.training.mean(axis=1))
+    save_rows(
+        os.path.join(output_dir, PARTS_FILE),
+        np.column_stack([history.joint.mean(axis=1), history.marginal.mean(axis=1)]),
+    )
     if has_held_out:
-        save_rows(os.path.join(output_dir, HELD_OUT_FILE), mean[:, 3])
+        save_rows(os.path.join(output_dir, HELD_OUT_FILE), history.held_out.mean(axis=1))
     if plot and len(history):
         save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
 
 
-def save_plot(path, history, truth):
+def save_plot(path: str, history: History, truth: float | None) -> None:
     """The bound per epoch: with one critic on its training and held-out
     rows; with several, each critic's held-out curve and their means."""
     import matplotlib
@@ -1005,23 +1139,23 @@ def save_plot(path, history, truth):
     import matplotlib.pyplot as plt
 
     epochs = np.arange(1, len(history) + 1)
-    critics = history.shape[1]
-    has_held_out = not np.isnan(history[:, :, 3]).all()
+    critics = history.training.shape[1]
+    has_held_out = not np.isnan(history.held_out).all()
     figure, axes = plt.subplots(figsize=(7, 4))
     if critics > 1 and has_held_out:
         for k in range(critics):
             axes.plot(
                 epochs,
-                history[:, k, 3],
+                history.held_out[:, k],
                 color="tab:orange",
                 alpha=0.3,
                 linewidth=0.8,
                 label=f"held-out rows, each of {critics} critics" if k == 0 else None,
             )
     mean_of = f"mean of {critics} critics, " if critics > 1 else ""
-    axes.plot(epochs, history[:, :, 0].mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
+    axes.plot(epochs, history.training.mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
     if has_held_out:
-        axes.plot(epochs, history[:, :, 3].mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
+        axes.plot(epochs, history.held_out.mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
     if truth is not None:
         axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
     axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
@@ -1031,7 +1165,9 @@ def save_plot(path, history, truth):
     plt.close(figure)
 
 
-def save_critic(output_dir, model, transform_kind, transform_parameters):
+def save_critic(
+    output_dir: str, model: tf.keras.Model, transform_kind: str, transform_parameters: dict[str, Any]
+) -> None:
     """The trained model as a .keras file, and beside it the input map it
     was trained on (--evaluate_only needs both)."""
     temporary = os.path.join(output_dir, ".tmp-" + CRITIC_FILE)
@@ -1047,7 +1183,7 @@ def save_critic(output_dir, model, transform_kind, transform_parameters):
 LOCK_FILE = ".lock"
 
 
-def acquire_lock(output_dir):
+def acquire_lock(output_dir: str) -> str:
     """Claims output_dir for this process, or ends the run naming the
     process that holds it. A lock left by a process that no longer runs is
     taken over. Returns the lock file's path."""
@@ -1077,7 +1213,7 @@ def acquire_lock(output_dir):
     fail(f"--output_dir {output_dir}: cannot take its lock file {path}")
 
 
-def process_exists(pid):
+def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1087,34 +1223,21 @@ def process_exists(pid):
     return True
 
 
-# What --resume must find unchanged: any of these changes the split, the
-# network or the steps, and the continued run would not be the same run.
-RESUME_MUST_MATCH = (
-    "data_dim",
-    "latent_dim",
-    "hid_width",
-    "out_width",
-    "candidates",
-    "estimator",
-    "seed",
-    "val_fraction",
-    "folds",
-    "marginal",
-    "batch_size",
-    "optimizer",
-)
-
-
-def run_identity(args, arrays=None):
+def run_identity(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """What --resume must find unchanged: the input's digest and the
+    settings whose change would make the continued run another run (the
+    split, the network, the steps: Config.identity)."""
     if arrays is not None:
         digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
     else:
-        with open(args.input, "rb") as stream:
+        assert config.input is not None
+        with open(config.input, "rb") as stream:
             digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
-    return {"input_sha256": digest, **{name: getattr(args, name) for name in RESUME_MUST_MATCH}}
+    return {"input_sha256": digest, **config.identity()}
 
 
-def check_resumable(args, checkpoint_dir, identity):
+def check_resumable(config: Config, checkpoint_dir: str, identity: dict[str, Any]) -> None:
+    """Ends the run unless checkpoint_dir holds a checkpoint of the same identity."""
     try:
         with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)) as stream:
             saved = json.load(stream)
@@ -1124,15 +1247,12 @@ def check_resumable(args, checkpoint_dir, identity):
         fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
     if saved["input_sha256"] != identity["input_sha256"]:
         fail(
-            f"--resume: {input_name(args)} {'is' if args.input else 'are'} not the input file the checkpoint in "
+            f"--resume: {config.input_name} {'is' if config.input else 'are'} not the input file the checkpoint in "
             f"{checkpoint_dir} was trained on"
         )
-    for name in RESUME_MUST_MATCH:
-        if saved[name] != identity[name]:
-            fail(
-                f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved[name]}, not "
-                f"{identity[name]}"
-            )
+    for name, value in identity.items():
+        if saved.get(name) != value:
+            fail(f"--resume: the checkpoint in {checkpoint_dir} was made with --{name} {saved.get(name)}, not {value}")
 
 
 NATS_PER_BIT = math.log(2.0)
@@ -1148,7 +1268,7 @@ ESTIMATE_KEYS = (
 )
 
 
-def in_units(summary, units):
+def in_units(summary: dict[str, Any], units: str) -> None:
     """summary's estimates, computed in nats, in `units` (true_mi_nats stays in nats)."""
     if units == "nats":
         return
@@ -1160,7 +1280,7 @@ def in_units(summary, units):
             summary[key] = value / NATS_PER_BIT
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a MINE input file whose true mutual information is known.")
     parser.add_argument("--mi", type=float, default=1.0, help="true I(X; Z) in nats (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=4000, help="number of rows (default: %(default)s)")

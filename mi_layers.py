@@ -25,7 +25,7 @@ import math
 import tensorflow as tf
 
 
-def training_flops_per_row(sample_width, hid_width, out_width):
+def training_flops_per_row(sample_width: int, hid_width: int, out_width: int) -> int:
     """Floating-point operations to train on one row: forward and backward
     of T on both halves. A dense layer costs 2 * inputs * outputs FLOPs per
     sample forward and about twice that backward (gradients of the inputs

@@ -23,14 +23,19 @@ bound (held_out_bounds, held_out_scores), the choice of each fold's critic
 and epoch, and the estimate's error bars.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
-from mi_data_processing import real_rows_mask, shifted_marginals
+from mi_data_processing import History, real_rows_mask, shifted_marginals
 from mi_layers import StatisticsNetwork
 
 
-def per_critic(values, mask):
+def per_critic(values: tf.Tensor, mask: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """values as [critics, rows, entries], where each critic's entries are
     real (a boolean of that shape, from mask [critics, rows] with 1 for
     real rows and 0 for padding) and how many are real, [critics]."""
@@ -39,7 +44,7 @@ def per_critic(values, mask):
     return values, real, tf.reduce_sum(tf.cast(real, values.dtype), axis=[1, 2])
 
 
-def critic_mean(values, mask=None):
+def critic_mean(values: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
     """The mean of each critic's values: [critics, rows, ...] -> [critics].
 
     `mask` [critics, rows] marks each critic's real rows with 1 and the
@@ -49,7 +54,7 @@ def critic_mean(values, mask=None):
     return tf.reduce_sum(tf.where(real, values, 0.0), axis=[1, 2]) / count
 
 
-def log_mean_exp(scores, mask=None):
+def log_mean_exp(scores: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
     """log(mean(exp(scores))) of each critic, without overflow:
     [critics, rows, ...] -> [critics], padding masked out as in critic_mean.
 
@@ -60,7 +65,9 @@ def log_mean_exp(scores, mask=None):
     return tf.reduce_logsumexp(tf.where(real, scores, -np.inf), axis=[1, 2]) - tf.math.log(count)
 
 
-def donsker_varadhan_bound(joint_scores, marginal_scores, mask=None):
+def donsker_varadhan_bound(
+    joint_scores: tf.Tensor, marginal_scores: tf.Tensor, mask: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Returns (bound, joint_part, marginal_part), each [critics], from
     scores [critics, rows, out_width].
 
@@ -73,7 +80,9 @@ def donsker_varadhan_bound(joint_scores, marginal_scores, mask=None):
     return joint_part - marginal_part, joint_part, marginal_part
 
 
-def f_divergence_bound(joint_scores, marginal_scores, mask=None):
+def f_divergence_bound(
+    joint_scores: tf.Tensor, marginal_scores: tf.Tensor, mask: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Returns (bound, joint_part, marginal_part) of MINE-f, each [critics]:
     joint_part = mean T(joint), marginal_part = mean exp(T(marginal) - 1)."""
     joint_part = critic_mean(joint_scores, mask)
@@ -81,7 +90,7 @@ def f_divergence_bound(joint_scores, marginal_scores, mask=None):
     return joint_part - marginal_part, joint_part, marginal_part
 
 
-def updated_log_moving_average(log_average, log_value, rate):
+def updated_log_moving_average(log_average: tf.Tensor, log_value: tf.Tensor, rate: float) -> tf.Tensor:
     """log of (1 - rate) * average + rate * value, from and to log space,
     element by element (one average per critic).
 
@@ -91,7 +100,7 @@ def updated_log_moving_average(log_average, log_value, rate):
     return tf.where(tf.math.is_nan(log_average), log_value, blended)
 
 
-def with_averaged_gradient(marginal_part, log_average):
+def with_averaged_gradient(marginal_part: tf.Tensor, log_average: tf.Tensor) -> tf.Tensor:
     """marginal_part's value with the bias-corrected gradient of MINE (3.2).
 
     d/dθ log mean exp T = (d/dθ mean exp T) / mean exp T; MINE replaces the
@@ -104,7 +113,14 @@ def with_averaged_gradient(marginal_part, log_average):
     return constant + ratio * (marginal_part - constant)
 
 
-def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, max_across, real_rows=None):
+def cross_replica_bound(
+    joint_scores: tf.Tensor,
+    marginal_scores: tf.Tensor,
+    estimator: str,
+    sum_across: Callable[[tf.Tensor], tf.Tensor],
+    max_across: Callable[[tf.Tensor], tf.Tensor],
+    real_rows: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """The bound of a global batch split over replicas, from one replica's
     scores (one critic). `sum_across` and `max_across` reduce a scalar over
     replicas; real_rows marks padding rows with 0, as in critic_mean.
@@ -141,12 +157,14 @@ def cross_replica_bound(joint_scores, marginal_scores, estimator, sum_across, ma
     return joint_part - marginal_part, joint_part, marginal_part, joint_term, marginal_term
 
 
-def split_halves(rows, sample_width):
+def split_halves(rows: tf.Tensor, sample_width: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Splits rows of 2 * sample_width columns (the last axis) into (joint, marginal)."""
     return rows[..., :sample_width], rows[..., sample_width:]
 
 
-def cross_selected_estimate(bounds_a, bounds_b):
+def cross_selected_estimate(
+    bounds_a: np.ndarray, bounds_b: np.ndarray
+) -> tuple[float, tuple[int, int], tuple[int, int]]:
     """The held-out estimate from the bounds on two disjoint halves A and B
     of the held-out rows, per epoch ([epochs]) or per epoch and candidate
     critic ([epochs, candidates]): (B at A's best + A at B's best) / 2.
@@ -167,7 +185,7 @@ def cross_selected_estimate(bounds_a, bounds_b):
     return estimate, (int(best_a[0]) + 1, int(best_a[1])), (int(best_b[0]) + 1, int(best_b[1]))
 
 
-def pooled_selected_estimates(bounds):
+def pooled_selected_estimates(bounds: np.ndarray) -> tuple[list[float], list[tuple[int, int]]]:
     """Cross-fitted fold estimates, each fold read at the (epoch,
     candidate) chosen on the other folds: bounds [epochs, folds,
     candidates] are each fold's held-out bounds. Fold k's estimate is its
@@ -188,7 +206,7 @@ def pooled_selected_estimates(bounds):
     return estimates, choices
 
 
-def held_out_stderr(joint_scores, marginal_scores, estimator="mine"):
+def held_out_stderr(joint_scores: np.ndarray, marginal_scores: np.ndarray, estimator: str = "mine") -> float:
     """The sampling standard error of a critic's bound on n held-out rows,
     by the delta method over the rows: joint_scores [n, outputs] are T on
     the rows, marginal_scores [passes, n, outputs] T on each row's marginal
@@ -208,7 +226,7 @@ def held_out_stderr(joint_scores, marginal_scores, estimator="mine"):
     return float(influence.std(ddof=1) / np.sqrt(len(joint)))
 
 
-def normal_interval(estimate, stderr):
+def normal_interval(estimate: float, stderr: float) -> tuple[tuple[float, float], float]:
     """(95 % interval, 95 % lower confidence bound) of a normal estimate."""
     half_width = NORMAL_QUANTILES[0.975] * stderr
     return (estimate - half_width, estimate + half_width), estimate - NORMAL_QUANTILES[0.95] * stderr
@@ -222,7 +240,7 @@ T_QUANTILES = {
 NORMAL_QUANTILES = {0.975: 1.959964, 0.95: 1.644854}
 
 
-def t_quantile(probability, dof):
+def t_quantile(probability: float, dof: int) -> float:
     """Student's t quantile: the table up to 10 degrees of freedom, then
     the normal quantile z with two Cornish-Fisher terms (Abramowitz and
     Stegun 26.7.5), within 0.005 of the exact value from 11 on."""
@@ -232,7 +250,7 @@ def t_quantile(probability, dof):
     return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
-def cross_fitted_interval(fold_estimates):
+def cross_fitted_interval(fold_estimates: list[float]) -> tuple[float, float, tuple[float, float], float]:
     """(mean, standard error, 95 % interval, 95 % lower confidence bound)
     of cross-fitted fold estimates.
 
@@ -255,10 +273,93 @@ def cross_fitted_interval(fold_estimates):
     return mean, stderr, (mean - half_width, mean + half_width), mean - t_quantile(0.95, len(estimates) - 1) * stderr
 
 
+def chosen_estimate(
+    history: History, candidate_names: list[str], stderr_of: Callable[[list[int]], float] | None
+) -> tuple[dict, list]:
+    """The estimate as summary.json gives it, from the history of every
+    critic (fold-major: critic f * candidates + c is fold f's candidate c):
+    each fold's (candidate, epoch) chosen on the other folds, or with one
+    split on the other half, with its error bar; without held-out rows
+    (stderr_of None), the training rows' bound. stderr_of(critics) is the
+    standard error of one split's estimate read by those critics. Returns
+    (summary fields, the winning candidates for the final line)."""
+    per_fold = len(candidate_names)
+    folds = history.training.shape[1] // per_fold
+    chosen = "candidate and epoch" if per_fold > 1 else "epoch"
+    choices: dict[str, list] = {"fold_winners": [], "fold_best_epochs": []} if per_fold > 1 else {}
+    fields: dict[str, Any]
+    winners: list
+    best_epochs: list
+    if not len(history):
+        fields = {"mi_estimate": None, "mi_estimate_from": "no completed epoch"}
+        if folds > 1:
+            fields |= {
+                "mi_stderr": None,
+                "mi_ci95": [None, None],
+                "mi_lower_95": None,
+                "fold_estimates": [None] * folds,
+            }
+        return fields | choices, []
+    if folds > 1:
+        estimates, best = pooled_selected_estimates(history.held_out.reshape(len(history), folds, per_fold))
+        mean, stderr, interval, lower = cross_fitted_interval(estimates)
+        winners, best_epochs = [candidate_names[candidate] for _, candidate in best], [epoch for epoch, _ in best]
+        source = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
+        fields = {"mi_estimate": mean, "mi_estimate_from": source, "mi_stderr": stderr}
+        fields |= {"mi_ci95": list(interval), "mi_lower_95": lower, "fold_estimates": estimates}
+    elif stderr_of is not None:
+        estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(
+            history.held_out_a, history.held_out_b
+        )
+        stderr = stderr_of(sorted({chosen_a, chosen_b}))
+        interval, lower = normal_interval(estimate, stderr)
+        winners, best_epochs = [[candidate_names[chosen_a], candidate_names[chosen_b]]], [[epoch_a, epoch_b]]
+        source = f"held-out bound at the {chosen} chosen on the other half (epochs {epoch_a}, {epoch_b})"
+        fields = {"mi_estimate": estimate, "mi_estimate_from": source, "mi_stderr": stderr}
+        fields |= {"mi_ci95": list(interval), "mi_lower_95": lower}
+    else:  # no choice without held-out rows: one candidate (resolved() refuses several)
+        return {
+            "mi_estimate": float(history.training[-1, 0]),
+            "mi_estimate_from": "training rows' bound, last epoch",
+        }, []
+    if per_fold > 1:
+        fields |= {"fold_winners": winners, "fold_best_epochs": best_epochs}
+    return fields, winners
+
+
+def chosen_critics_stderr(
+    model: MineModel,
+    held_out_rows: list[np.ndarray],
+    chosen: list[int],
+    seed: int,
+    passes: int,
+    resample_latent_dim: int,
+    estimator: str,
+) -> float:
+    """The standard error of a one-split estimate: held_out_stderr of the
+    critics chosen on the two halves, on every held-out row, at the last
+    epoch's weights: the run keeps no earlier ones, and late epochs differ
+    little under the cosine schedule."""
+    rows = np.stack(held_out_rows)[:, None]  # [critics, one part, rows, columns]
+    counts = tf.fill([len(rows), 1], rows.shape[2])
+    seed = tf.constant(seed, tf.int64)
+    joint, marginal = held_out_scores(model, tf.constant(rows), counts, seed, 0, passes, resample_latent_dim)
+    joint, marginal = joint.numpy()[:, 0], marginal.numpy()[:, :, 0]
+    return float(np.mean([held_out_stderr(joint[k], marginal[k], estimator) for k in chosen]))
+
+
 ESTIMATORS = ("mine", "mine_biased", "mine_f")
 
 
-def held_out_scores(model, rows, counts, seed, epoch, passes, resample_latent_dim):
+def held_out_scores(
+    model: MineModel,
+    rows: tf.Tensor,
+    counts: tf.Tensor,
+    seed: tf.Tensor | int,
+    epoch: tf.Tensor | int,
+    passes: int,
+    resample_latent_dim: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Each critic's scores on its held-out parts: rows [critics, parts,
     most rows, columns], counts [critics, parts] real rows first. Returns T
     on the rows [critics, parts, most rows, outputs] and T on `passes`
@@ -294,7 +395,14 @@ def held_out_scores(model, rows, counts, seed, epoch, passes, resample_latent_di
     )
 
 
-def held_out_bounds(model, halves, seed, epoch, passes, resample_latent_dim):
+def held_out_bounds(
+    model: MineModel,
+    halves: tuple[tf.Tensor, tf.Tensor],
+    seed: tf.Tensor | int,
+    epoch: tf.Tensor | int,
+    passes: int,
+    resample_latent_dim: int,
+) -> tf.Tensor:
     """Each critic's bound on each of its held-out parts, [critics, parts]:
     halves is (rows, counts) as stacked_halves makes them, scored by
     held_out_scores; each bound is averaged over the marginal pairings."""

@@ -38,17 +38,16 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
     parameters = fit_transform_parameters("rank", training_rows, 11)
     transform = make_transform("rank", parameters, 11)
     fresh = tf.constant(transform(fresh_rows))
-    args = mi_main.parse_args(
+    config = mi_main.parse_flags(
         [*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"]
     )
-    compiled = mi_main.compiled_critics(
-        args, 1, n_epoch * -(-len(training_rows) // args.batch_size), tf.distribute.get_strategy()
-    )
+    total_steps = n_epoch * -(-len(training_rows) // config.batch_size)
+    compiled = mi_main.compiled_critics(config.program, 1, total_steps, tf.distribute.get_strategy(), seed)
     model = compiled.model
     best = -np.inf
-    batches = epoch_batches([transform(training_rows)], args.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
-    for epoch, (element, batch_rows) in enumerate(batches, 1):
-        compiled.train(element, batch_rows)
+    batches = epoch_batches([transform(training_rows)], config.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
+    for epoch, chunk in enumerate(batches, 1):
+        compiled.train_epoch([chunk], None, seed, epoch)
         if epoch % 10 == 0 or epoch > n_epoch - 3:
             # the fresh file's z_bar is drawn independently: its marginal half is a true product sample
             bound = donsker_varadhan_bound(

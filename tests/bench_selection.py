@@ -43,13 +43,13 @@ from mi_model import cross_selected_estimate, pooled_selected_estimates  # noqa:
 
 
 def history_of(argv):
-    """Runs mi_main quietly; returns its history [epochs, critics, 6] and its candidates."""
+    """Runs mi_main quietly; returns its History and its candidates."""
     captured = {}
     write_outputs = mi_main.write_outputs
 
-    def capture(args, run, data, outcome, stop):
+    def capture(config, run, data, outcome, stop):
         captured["history"] = outcome.history
-        return write_outputs(args, run, data, outcome, stop)
+        return write_outputs(config, run, data, outcome, stop)
 
     mi_main.write_outputs = capture
     try:
@@ -62,8 +62,11 @@ def history_of(argv):
 
 def rule_estimates(history, per_fold):
     """{rule: estimate} of one cross-fitted run."""
-    epochs, folds = len(history), history.shape[1] // per_fold
-    bounds, half_a, half_b = (history[:, :, column].reshape(epochs, folds, per_fold) for column in (3, 4, 5))
+    epochs, folds = len(history), history.held_out.shape[1] // per_fold
+    bounds, half_a, half_b = (
+        figures.reshape(epochs, folds, per_fold)
+        for figures in (history.held_out, history.held_out_a, history.held_out_b)
+    )
     rules = collections.defaultdict(list)
     for fold in range(folds):
         rules["halves"].append(cross_selected_estimate(half_a[:, fold], half_b[:, fold])[0])

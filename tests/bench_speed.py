@@ -7,7 +7,7 @@ Not collected by pytest. Run from the repository root:
 The first table measures the training calls alone, for each batch size, on
 the default network (11 -> 128 -> 128 -> 1 on both halves of each row):
   (a) the project's loop: a whole epoch per call to an XLA-compiled
-      tf.function (CompiledCritics.train), and the same without XLA;
+      tf.function (CompiledCritics.compiled_steps), and the same without XLA;
   (b) the reference's loop: the same training step as a tf.function, called
       from Python once per batch of a tf.data dataset;
   (c) the float32 matrix-product ceiling: NumPy timing the forward and
@@ -58,26 +58,12 @@ ROWS = {2: 8_192, 64: 65_536, 512: 262_144, 4096: 262_144}
 
 def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
-    args = mi_main.parse_args(
-        [
-            "--folds",
-            "1",
-            "--candidates",
-            "rank:tanh",
-            "--batch_size",
-            str(batch_size),
-            "--lr",
-            "1e-4",
-            "--lr_schedule",
-            "constant",
-            "--jit" if jit else "--no-jit",
-        ]
-    )
-    train = mi_main.compiled_critics(args, 1, 1, tf.distribute.get_strategy()).train
+    config = mi_main.Config(candidates="rank:tanh", lr=1e-4, lr_schedule="constant", jit=jit)
+    compiled = mi_main.compiled_critics(config.program, 1, 1, tf.distribute.get_strategy(), 0)
     seconds = []
     for batches, batch_rows in epoch_batches([rows], batch_size, 0, 0, 3, resample_latent_dim=1):
         start = time.perf_counter()
-        train(batches, batch_rows).numpy()
+        compiled.compiled_steps(batches, batch_rows).numpy()
         seconds.append(time.perf_counter() - start)
     steady = min(seconds[1:])
     return len(rows) / steady, seconds[0] - steady
@@ -89,7 +75,7 @@ def per_batch_python_loop(rows, batch_size, epochs=None, optimizer=None):
     rows/s of that many epochs, building the model and tracing included."""
     start = time.perf_counter()
     tf.keras.utils.set_random_seed(0)
-    model = MineModel(10, 1, HID_WIDTH, 1, "mine", activation=mi_main.ACTIVATION)
+    model = MineModel(10, 1, HID_WIDTH, 1, "mine", activation="tanh")
     optimizer = optimizer or tf.keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
     train_step = tf.function(mi_main.make_train_step(model, optimizer))

@@ -19,6 +19,8 @@ from mi_data_processing import make_known_mi_rows, save_json, save_rows, sidecar
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
 )
+# As every run starts, but before the first test compiles with XLA: the session then shares XLA's disk cache.
+mi_main.start_process()
 
 
 def run_main(argv, capsys=None):

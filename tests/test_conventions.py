@@ -47,16 +47,16 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(small_file, tmp
     flags = ["--input", small_file, "--n_epoch", "6", "--checkpoint_seconds", "0", *SMALL_RUN]
     run_main([*flags, "--output_dir", str(whole)])
 
-    real_train_one_epoch = mi_main.train_one_epoch
+    real_train_epoch = mi_main.CompiledCritics.train_epoch
     calls = []
 
     def stops_in_epoch_4(*arguments):
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real_train_one_epoch(*arguments)
+        return real_train_epoch(*arguments)
 
-    monkeypatch.setattr(mi_main, "train_one_epoch", stops_in_epoch_4)
+    monkeypatch.setattr(mi_main.CompiledCritics, "train_epoch", stops_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         run_main([*flags, "--output_dir", str(interrupted)])
     monkeypatch.undo()
@@ -109,7 +109,7 @@ def test_flags_file_round_trip(small_file, tmp_path):
     run_main(argv)
     written = (tmp_path / mi_main.FLAGS_FILE).read_text()
     assert "--no-jit" in written and "--lr 0.002" in written
-    assert vars(mi_main.parse_args([f"@{tmp_path / mi_main.FLAGS_FILE}"])) == vars(mi_main.parse_args(argv))
+    assert mi_main.parse_flags([f"@{tmp_path / mi_main.FLAGS_FILE}"]) == mi_main.parse_flags(argv)
 
 
 def test_quiet_prints_only_the_final_line(small_file, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_quiet_prints_only_the_final_line(small_file, tmp_path, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is optional")
 def test_plot_is_a_png(small_file, tmp_path):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", "--plot", *SMALL_RUN])
-    assert (tmp_path / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / mi_data_processing.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, capsys, monkeypatch):
@@ -140,7 +140,7 @@ def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, cap
 def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp_path, capsys):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
-    trained = MineModel(10, 1, 32, 1, activation=mi_main.ACTIVATION)
+    trained = MineModel(10, 1, 32, 1, activation="tanh")
     tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
         transform = make_transform(

@@ -59,7 +59,7 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
     assert summary["critics"] == 3 * len(summary["candidates"])
     for fold in (1, 2, 3):
         assert len(np.loadtxt(tmp_path / f"fold-{fold}" / mi_data_processing.HELD_OUT_FILE)) == 10
-        for name in mi_main.CANDIDATES.split(","):
+        for name in mi_main.Config.candidates.split(","):
             assert (tmp_path / f"fold-{fold}" / name.replace(":", "-") / mi_main.CRITIC_FILE).exists()
 
 

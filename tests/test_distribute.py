@@ -33,18 +33,14 @@ def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
 
 
 def train_one_epoch(strategy, estimator, initial_weights, batches, batch_rows):
-    with strategy.scope():
-        model = MineModel(10, 1, 32, 1, estimator)
-        optimizer = tf.keras.optimizers.SGD(0.05)  # see test_training_loop: Adam magnifies float32 noise
-        optimizer.build(model.trainable_variables)
-    model.set_weights(initial_weights)
-    train_step = mi_main.make_train_step(model, optimizer)
-    if strategy.num_replicas_in_sync > 1:
-        shares = mi_main.split_for_replicas(strategy, batches)
-        means = mi_main.make_distributed_train_epoch(strategy, train_step)(shares, batch_rows, batches.shape[2])
-    else:
-        means = tf.function(lambda: mi_main.train_chunk(train_step, batches, batch_rows))()
-    return means.numpy()[0], [weight.numpy() for weight in model.weights]
+    # SGD: see test_training_loop, Adam magnifies float32 noise
+    config = mi_main.Config(
+        hid_width=32, candidates="rank:tanh", estimator=estimator, optimizer="sgd", lr=0.05, lr_schedule="constant"
+    )
+    critics = mi_main.CompiledCritics(config.program, 1, 1, strategy, seed=None)
+    critics.model.set_weights(initial_weights)
+    means, _, _ = critics.train_epoch([(batches, batch_rows)], None, 0, 1)
+    return means[0], [weight.numpy() for weight in critics.model.weights]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """mi_main.py end to end: flags, bad input, outputs, and the estimate on
 data whose true mutual information is known."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -85,23 +86,21 @@ def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, 
 
 
 def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
-    args = mi_main.parse_args(["--batch_size", "8"])
-    notes = mi_data_processing.batch_and_epochs_for_rows(args, 1600, mi_main.STEP_BUDGET)  # 200 steps an epoch
-    assert args.n_epoch == mi_main.STEP_BUDGET // 200 and notes == [
-        f"16 epochs, not {mi_main.N_EPOCH}: 3,200 steps of 200 an epoch"
-    ]
-    args = mi_main.parse_args(["--batch_size", "8", "--n_epoch", "100"])
-    assert mi_data_processing.batch_and_epochs_for_rows(args, 1600, mi_main.STEP_BUDGET) == [] and args.n_epoch == 100
-    args = mi_main.parse_args([])
-    notes = mi_data_processing.batch_and_epochs_for_rows(args, 8000, mi_main.STEP_BUDGET)
-    assert notes == [] and args.n_epoch == mi_main.N_EPOCH  # 10,000 rows: as before
+    budget, adapt = mi_main.Config.STEP_BUDGET, mi_data_processing.batch_and_epochs_for_rows
+    given = mi_main.parse_flags(["--batch_size", "8"])
+    config, notes = adapt(given, 1600, budget)  # 200 steps an epoch
+    assert config.n_epoch == budget // 200 and notes == [f"16 epochs, not {given.n_epoch}: 3,200 steps of 200 an epoch"]
+    assert given.n_epoch == mi_main.Config.n_epoch  # a new Config: the one given is as it was
+    config, notes = adapt(mi_main.parse_flags(["--batch_size", "8", "--n_epoch", "100"]), 1600, budget)
+    assert notes == [] and config.n_epoch == 100
+    config, notes = adapt(mi_main.parse_flags([]), 8000, budget)
+    assert notes == [] and config.n_epoch == mi_main.Config.n_epoch  # 10,000 rows: as before
 
 
 def test_large_held_out_folds_are_read_on_one_shard():
     rows = np.random.default_rng(0).standard_normal((140_000, 2))
-    args = mi_main.parse_args(["--folds", "2", "--candidates", "rank:tanh", "--data_dim", "1"])
-    args.input = None
-    data = mi_data_processing.in_memory_data(args, 1, mi_main.STEP_BUDGET, arrays=(rows[:, :1], rows[:, 1:]))
+    config = mi_main.parse_flags(["--folds", "2", "--candidates", "rank:tanh", "--data_dim", "1"])
+    _, data = mi_data_processing.in_memory_data(dataclasses.replace(config, input=None), (rows[:, :1], rows[:, 1:]))
     assert [len(held_out) for held_out in data.held_out_rows] == [mi_data_processing.SHARD_ROWS] * 2
     assert data.training_counts == [70_000, 70_000]
     assert "read on 65,536 of each critic's 70,000 held-out rows" in data.adapted
@@ -197,11 +196,11 @@ def test_start_up_log_keeps_only_what_the_log_level_lets_through():
         "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
     )
     assert (
-        mi_main.startup_lines_kept(text, 2)
+        mi_data_processing.startup_lines_kept(text, 2)
         == "E0000 00:00:1796022818.969401    2517 cuda_dnn.cc:8] Unable to register cuDNN factory\n"
     )
-    assert mi_main.startup_lines_kept(text, 0) == text.split("\n", 1)[1]
-    assert mi_main.startup_lines_kept("a line of our own\n", 2) == "a line of our own\n"
+    assert mi_data_processing.startup_lines_kept(text, 0) == text.split("\n", 1)[1]
+    assert mi_data_processing.startup_lines_kept("a line of our own\n", 2) == "a line of our own\n"
 
 
 def test_the_xla_cache_loads_known_noise_is_dropped_and_other_errors_kept():
@@ -212,8 +211,8 @@ def test_the_xla_cache_loads_known_noise_is_dropped_and_other_errors_kept():
         "feature +prefer-no-scatter is not  supported on the host machine.\n"
     )
     other = "E0000 00:00:1796220415.124796    5392 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result failed\n"
-    assert mi_main.startup_lines_kept(noise + other, 2, mi_main.CACHE_LOAD_NOISE) == other
-    assert mi_main.startup_lines_kept(noise, 2) == noise
+    assert mi_data_processing.startup_lines_kept(noise + other, 2, mi_data_processing.CACHE_LOAD_NOISE) == other
+    assert mi_data_processing.startup_lines_kept(noise, 2) == noise
 
 
 @pytest.mark.parametrize("setting, expected", [(None, "per-cpu"), ("", None)])
@@ -260,7 +259,7 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
     ]:
         assert key in summary
     assert summary["rows"] == 3000 and summary["held_out_rows"] == 600 and summary["true_mi_nats"] == 1.0
-    assert summary["hyperparameters"]["hid_width"] == mi_main.HID_WIDTH
+    assert summary["hyperparameters"]["hid_width"] == mi_main.Config.hid_width
     assert min(held_out) <= summary["mi_estimate"] <= max(held_out) + 0.2
     # 600 held-out rows: even the exact critic's bound on such a sample
     # spreads by about 0.05 nat from one sample to the next.
@@ -342,7 +341,7 @@ def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path,
     status, _, _ = run_main(["--input", path, "--output_dir", str(output_dir), "--n_epoch", "4", "--plot"], capsys)
     assert status == 0
     estimates, parts, held_out = assert_reference_files_at_the_top(output_dir, 4)
-    folds = [output_dir / f"fold-{k}" for k in range(1, mi_main.FOLDS + 1)]
+    folds = [output_dir / f"fold-{k}" for k in range(1, mi_main.Config.folds + 1)]
     np.testing.assert_allclose(
         estimates, np.mean([np.loadtxt(fold / mi_data_processing.ESTIMATE_FILE) for fold in folds], axis=0), atol=1e-6
     )
@@ -352,7 +351,7 @@ def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path,
     np.testing.assert_allclose(
         held_out, np.mean([np.loadtxt(fold / mi_data_processing.HELD_OUT_FILE) for fold in folds], axis=0), atol=1e-6
     )
-    assert (output_dir / mi_main.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (output_dir / mi_data_processing.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_streamed_run_from_a_cache(known_mi_file, tmp_path, capsys):

@@ -3,28 +3,25 @@ traced once, the last short batch trained as one more (padded) step, and
 K critics stacked in one network (EinsumDense) training exactly as K
 separate ones (Dense)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mi_data_processing import epoch_batches
-from mi_main import InputError, make_optimizer, make_train_step, parse_args, train_chunk
+from mi_main import CompiledCritics, Config, InputError, make_optimizer, make_train_step, parse_flags
 from mi_model import MineModel
 
-
-def fresh(seed=0, critics=1):
-    # SGD: Adam divides by the gradient's running size, which turns float32
-    # reassociation noise in a near-zero gradient into a visible step.
-    tf.keras.utils.set_random_seed(seed)
-    model = MineModel(10, 1, 32, 1, "mine", critics=critics)
-    optimizer = tf.keras.optimizers.SGD(0.05)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer
+# SGD: Adam divides by the gradient's running size, which turns float32
+# reassociation noise in a near-zero gradient into a visible step.
+SMALL_SGD = Config(hid_width=32, candidates="rank:tanh", optimizer="sgd", lr=0.05, lr_schedule="constant")
 
 
-def compiled_epoch(model, optimizer, jit=True):
-    step = make_train_step(model, optimizer)
-    return tf.function(lambda batches, batch_rows: train_chunk(step, batches, batch_rows), jit_compile=jit)
+def compiled(critics=1, jit=True, seed=0):
+    """The run's CompiledCritics of a small network trained by SGD at 0.05."""
+    program = dataclasses.replace(SMALL_SGD, jit=jit).program
+    return CompiledCritics(program, critics, 1, tf.distribute.get_strategy(), seed)
 
 
 def one_epoch(row_counts, batch_size, epoch=0):
@@ -38,31 +35,33 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
     batches, batch_rows = one_epoch([100], 16)  # 6 batches of 16, then 4 rows padded to 16
     assert batches.shape == (1, 7, 16, 22) and list(batch_rows.numpy()) == [16] * 6 + [4]
 
-    fast_model, fast_optimizer = fresh()
-    fast_means = compiled_epoch(fast_model, fast_optimizer, jit)(batches, batch_rows).numpy()[0]
+    fast = compiled(jit=jit)
+    plain_model = MineModel(10, 1, 32, 1, "mine")
+    plain_model.set_weights(fast.model.get_weights())
+    fast_means, _, rows_trained = fast.train_epoch([(batches, batch_rows)], None, 0, 1)
 
-    plain_model, plain_optimizer = fresh()
+    plain_optimizer = tf.keras.optimizers.SGD(0.05)
+    plain_optimizer.build(plain_model.trainable_variables)
     plain_step = tf.function(make_train_step(plain_model, plain_optimizer))
     per_batch = [plain_step(batches[:, step, : int(size)]).numpy()[0] for step, size in enumerate(batch_rows.numpy())]
     sizes = batch_rows.numpy()
 
-    assert int(fast_optimizer.iterations) == int(plain_optimizer.iterations) == 7
-    for fast, plain in zip(fast_model.weights, plain_model.weights, strict=True):
-        np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-4, atol=1e-5)
+    assert int(fast.optimizer.iterations) == int(plain_optimizer.iterations) == 7 and rows_trained == 100
+    for fast_weight, plain_weight in zip(fast.model.weights, plain_model.weights, strict=True):
+        np.testing.assert_allclose(fast_weight.numpy(), plain_weight.numpy(), rtol=1e-4, atol=1e-5)
     # the epoch's figures are the row-weighted means of the batches'
     np.testing.assert_allclose(
-        fast_means, (sizes[:, None] * np.array(per_batch)).sum(axis=0) / 100, rtol=1e-4, atol=1e-5
+        fast_means[0], (sizes[:, None] * np.array(per_batch)).sum(axis=0) / 100, rtol=1e-4, atol=1e-5
     )
 
 
 def test_no_retrace_after_the_first_epoch():
-    model, optimizer = fresh()
-    train_epoch = compiled_epoch(model, optimizer)
+    critics = compiled()
     rows = np.random.default_rng(2).standard_normal((70, 22)).astype(np.float32)
-    for batches, batch_rows in epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=4):
-        train_epoch(batches, batch_rows)
-    assert train_epoch.experimental_get_tracing_count() == 1
-    assert int(optimizer.iterations) == 4 * 3  # 2 full batches and the 6 left over, every epoch
+    for epoch, chunk in enumerate(epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=4), 1):
+        critics.train_epoch([chunk], None, 0, epoch)
+    assert critics.compiled_steps.experimental_get_tracing_count() == 1
+    assert int(critics.optimizer.iterations) == 4 * 3  # 2 full batches and the 6 left over, every epoch
 
 
 def test_an_exact_multiple_of_the_batch_has_no_padded_step():
@@ -76,23 +75,24 @@ def test_stacked_critics_train_exactly_as_separate_ones():
     same weights and fed the same batches: weights and bounds agree."""
     batches, batch_rows = one_epoch([64, 67, 63], 16)
     assert batches.shape == (3, 4, 16, 22) and list(batch_rows.numpy()) == [16, 16, 16, 15]  # all train on 63 rows
-    together, together_optimizer = fresh(0, critics=3)
-    means = compiled_epoch(together, together_optimizer)(batches, batch_rows).numpy()
-    tf.keras.utils.set_random_seed(0)
-    initial = MineModel(10, 1, 32, 1, "mine", critics=3).statistics_network
+    together = compiled(critics=3)
+    initial = [together.model.statistics_network.critic_weights(k) for k in range(3)]
+    means, _, _ = together.train_epoch([(batches, batch_rows)], None, 0, 1)
     for k in range(3):
-        alone, alone_optimizer = fresh(k)  # Dense layers: a single critic's network
-        alone.statistics_network.set_weights(initial.critic_weights(k))
-        alone_means = compiled_epoch(alone, alone_optimizer)(batches[k : k + 1], batch_rows).numpy()[0]
-        np.testing.assert_allclose(means[k], alone_means, rtol=1e-5, atol=1e-6)
+        alone = compiled(seed=k)  # Dense layers: a single critic's network
+        alone.model.statistics_network.set_weights(initial[k])
+        alone_means, _, _ = alone.train_epoch([(batches[k : k + 1], batch_rows)], None, 0, 1)
+        np.testing.assert_allclose(means[k], alone_means[0], rtol=1e-5, atol=1e-6)
         for weight, alone_weight in zip(
-            together.statistics_network.critic_weights(k), alone.statistics_network.get_weights(), strict=True
+            together.model.statistics_network.critic_weights(k),
+            alone.model.statistics_network.get_weights(),
+            strict=True,
         ):
             np.testing.assert_allclose(weight, alone_weight, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
-            together.log_moving_average.numpy()[k], alone.log_moving_average.numpy()[0], rtol=1e-5
+            together.model.log_moving_average.numpy()[k], alone.model.log_moving_average.numpy()[0], rtol=1e-5
         )
-    assert int(together_optimizer.iterations) == 4
+    assert int(together.optimizer.iterations) == 4
 
 
 def test_stacked_critics_start_as_dense_layers_would():
@@ -111,8 +111,8 @@ def test_stacked_critics_start_as_dense_layers_would():
 def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, recovered):
     # A gradient 1,000 times the usual, then usual ones: Adam's steps stay
     # small until its squared-gradient average forgets the huge one.
-    args = parse_args([*flags, "--lr_schedule", "constant"])
-    optimizer = make_optimizer(args, 1000)
+    config = parse_flags([*flags, "--lr_schedule", "constant"])
+    optimizer = make_optimizer(config.program, 1000)
     weight = tf.Variable([0.0])
     optimizer.build([weight])
     optimizer.apply_gradients([(tf.constant([1000.0]), weight)])
@@ -120,15 +120,15 @@ def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, 
         before = float(weight[0])
         optimizer.apply_gradients([(tf.constant([1.0]), weight)])
     step = before - float(weight[0])
-    assert (step > 0.5 * args.lr) == recovered and (step < 0.1 * args.lr) != recovered
+    assert (step > 0.5 * config.lr) == recovered and (step < 0.1 * config.lr) != recovered
 
 
 def test_each_candidate_decays_only_its_own_critics():
     # With a zero gradient Adam moves nothing, so what changes is the decoupled decay alone:
     # every weight of a wd0.5 critic times 1 - 0.5 * lr, the other candidate's critics untouched.
-    args = parse_args(["--candidates", "rank:tanh,asinh:relu:wd0.5", "--lr_schedule", "constant", "--lr", "0.1"])
+    config = parse_flags(["--candidates", "rank:tanh,asinh:relu:wd0.5", "--lr_schedule", "constant", "--lr", "0.1"])
     model = MineModel(10, 1, 8, 1, activation=["tanh", "relu"] * 2, critics=4, seed=1)
-    optimizer = make_optimizer(args, 100, critics=4)
+    optimizer = make_optimizer(config.program, 100, critics=4)
     before = [variable.numpy() for variable in model.trainable_variables]
     optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in model.trainable_variables])
     for old, variable in zip(before, model.trainable_variables, strict=True):
@@ -138,4 +138,4 @@ def test_each_candidate_decays_only_its_own_critics():
 @pytest.mark.parametrize("text", ["asinh:relu:2", "asinh:relu:wd-1", "asinh:relu:wdinf", "asinh:relu:wd1:wd2"])
 def test_a_candidate_weight_decay_must_be_wd_and_a_number(text):
     with pytest.raises(InputError, match=f"'{text}' is not TRANSFORM:ACTIVATION or TRANSFORM:ACTIVATION:wdDECAY"):
-        parse_args(["--candidates", f"rank:tanh,{text}"])
+        parse_flags(["--candidates", f"rank:tanh,{text}"])
