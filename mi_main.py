@@ -25,6 +25,7 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import os
 import platform
@@ -512,10 +513,15 @@ class CompiledCritics:
             self.optimizer.build(self.model.trainable_variables)
         self.initial_optimizer_state = [variable.numpy() for variable in self.optimizer.variables]
         self.train_step = make_train_step(self.model, self.optimizer)
-        self.compiled_steps = tf.function(self.steps, jit_compile=program.jit, autograph=False)
+        # Each function of these critics is a partial of its method, not the bound method: TensorFlow counts
+        # traces per code object, unless the function has none, and warned of retracing on stderr after a few
+        # configurations of a sweep had each traced once.
+        self.compiled_steps = tf.function(
+            functools.partial(CompiledCritics.steps, self), jit_compile=program.jit, autograph=False
+        )
         # replicated: the collective operations of the replicas cannot be compiled with XLA in this loop
-        self.replicated_steps = tf.function(self.steps_on_replicas, autograph=False)
-        self.read_held_out = tf.function(self.held_out_bounds, autograph=False)
+        self.replicated_steps = tf.function(functools.partial(CompiledCritics.steps_on_replicas, self), autograph=False)
+        self.read_held_out = tf.function(functools.partial(CompiledCritics.held_out_bounds, self), autograph=False)
 
     def train_epoch(
         self,

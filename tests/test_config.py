@@ -39,15 +39,20 @@ def gaussian(n_rows=500, seed=0):
     return x, x[:, :1] + rng.standard_normal((n_rows, 1))
 
 
-def test_two_estimates_that_differ_only_in_adam_beta_2_share_no_program(monkeypatch):
-    made = []
-    real = mi_main.compiled_critics
+def recording_compiled_critics(patch):
+    """Every CompiledCritics that runs get from now on, in a list."""
+    made, real = [], mi_main.compiled_critics
 
     def recording(*arguments):
         made.append(real(*arguments))
         return made[-1]
 
-    monkeypatch.setattr(mi_main, "compiled_critics", recording)
+    patch.setattr(mi_main, "compiled_critics", recording)
+    return made
+
+
+def test_two_estimates_that_differ_only_in_adam_beta_2_share_no_program(monkeypatch):
+    made = recording_compiled_critics(monkeypatch)
     x, z = gaussian()
     first = mi_main.estimate(x, z, n_epoch=2, adam_beta_2=0.99, quiet=True)
     second = mi_main.estimate(x, z, n_epoch=2, adam_beta_2=0.5, quiet=True)
@@ -68,15 +73,8 @@ def small_run(tmp_path_factory):
     base_config = dataclasses.replace(mi_main.parse_flags([*base, "--batch_size", "75", "--quiet"]), output_dir=None)
 
     def run(config):
-        made = []
-        real = mi_main.compiled_critics
-
-        def recording(*arguments):
-            made.append(real(*arguments))
-            return made[-1]
-
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(mi_main, "compiled_critics", recording)
+            made = recording_compiled_critics(patch)
             summary = mi_main.run(config)
         return made[0], (summary["mi_estimate"], summary["training_rows_estimate"])
 
@@ -126,13 +124,16 @@ def test_importing_mi_main_sets_no_environment_variable():
 
 
 def test_many_estimates_in_one_process_keep_stderr_empty():
-    # TensorFlow warned of retracing after five runs of a function made anew per run.
+    # TensorFlow warned of retracing after five runs of a function made anew per run, or of one made per
+    # configuration (here every call has its own learning rate, so its own compiled critics).
     code = (
         "import numpy as np, mi_main\n"
         "rng = np.random.default_rng(0)\n"
         "x = rng.standard_normal((300, 2)); z = x[:, :1] + rng.standard_normal((300, 1))\n"
-        "for seed in range(7):\n"
-        "    mi_main.estimate(x, z, n_epoch=2, seed=seed, folds=2, candidates='rank:tanh', hid_width=8, quiet=True)\n"
+        "for run in range(7):\n"
+        "    mi_main.estimate(\n"
+        "        x, z, n_epoch=2, lr=0.001 * (run + 1), folds=2, candidates='rank:tanh', hid_width=8, quiet=True\n"
+        "    )\n"
     )
     result = run_python(code)
     assert result.returncode == 0 and result.stderr == ""
