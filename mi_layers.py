@@ -16,8 +16,8 @@ same function, and a plain matrix product is cheaper per step.
 The reference's hidden layers use ReLU. A smooth activation fits a smooth
 log density ratio with fewer units (a ReLU network is piecewise linear, and
 the bound weighs the tails of T through exp T), so the trained critic sits
-closer to the optimal one and the bound's bias is smaller; README.md,
-"Activation", has the measurement.
+closer to the optimal one and the bound's bias is smaller; tests/BENCHMARKS.md,
+"Activation: the bound's bias on fresh rows", has the measurement.
 """
 
 import math
