@@ -5,6 +5,13 @@ repository root:
 
     python tests/bench_accuracy.py                  # the full grid, 3 seeds
     python tests/bench_accuracy.py --tasks gauss-1.0 half_cube-1.0 -- --lr 0.0005
+    python tests/bench_accuracy.py --record new.jsonl ...   # also one JSON line per run
+    python tests/bench_accuracy.py --compare old.jsonl new.jsonl
+
+--record keeps each run (task, seed, truth, the summary's estimates, its
+wall seconds in this process, and every epoch's held-out bounds), so that
+two sets of defaults run on the same rows can be compared task by task:
+--compare prints the error and wall time per family, side by side.
 
 The Gaussian-copula tasks are files made by
 mi_data_processing.make_known_mi_rows; the others (additive noise, heavy
@@ -13,14 +20,18 @@ tests/known_mi.py, each with its true MI in closed form or by a Monte Carlo
 over 10^6 draws. mi_main runs on each 10,000-row file with its defaults
 (or the flags after --), --data_dim and --latent_dim set to the task's;
 the table gives the mean and spread over seeds, then a line per family.
+Seconds are the wall time of each mi_main.main() call in this one process:
+a call whose shapes ran before in the process compiles nothing.
 """
 
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -64,10 +75,64 @@ def task_file(name, n_rows, seed, scratch):
 
 
 def estimate(path, seed, flags, output_dir):
-    """Runs mi_main quietly; returns (summary, seconds of training)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        summary = mi_main.main(["--input", path, "--seed", str(seed), "--output_dir", output_dir, *flags])
-    return summary, summary["train_seconds"]
+    """Runs mi_main quietly; returns (summary, its History, wall seconds of the call in this process)."""
+    captured, write_outputs = {}, mi_main.write_outputs
+
+    def capture(config, run, data, outcome, stop):
+        captured["history"] = outcome.history
+        return write_outputs(config, run, data, outcome, stop)
+
+    start = time.perf_counter()
+    mi_main.write_outputs = capture
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = mi_main.main(["--input", path, "--seed", str(seed), "--output_dir", output_dir, *flags])
+    finally:
+        mi_main.write_outputs = write_outputs
+    return summary, captured["history"], time.perf_counter() - start
+
+
+def record_line(name, family, seed, truth, summary, history, seconds):
+    """One run as a JSON line: the estimates, the seconds, the held-out bounds per epoch and critic."""
+    keys = ("mi_estimate", "mi_lower_95", "mi_ci95", "fold_estimates", "fold_winners", "train_seconds", "n_epoch")
+    bounds = {
+        field: np.round(getattr(history, field), 5).tolist() for field in ("held_out", "held_out_a", "held_out_b")
+    }
+    return json.dumps(
+        {"task": name, "family": family, "seed": seed, "truth": truth, "wall_seconds": round(seconds, 2)}
+        | {key: summary.get(key) for key in keys}
+        | {"candidates": summary["candidates"], "bounds": bounds}
+    )
+
+
+def compare(old_path, new_path):
+    """Error and wall time per family of two --record files of the same tasks and seeds."""
+    runs = []
+    for path in (old_path, new_path):
+        with open(path) as stream:
+            runs.append({(line["task"], line["seed"]): line for line in map(json.loads, stream)})
+    shared = sorted(set(runs[0]) & set(runs[1]))
+    print(f"{len(shared)} runs in both\n")
+    print(
+        "| family | runs | mean abs error, old | new | mean error, old | new | median wall s, old | new "
+        "| lowest fold, new |"
+    )
+    print("|" + " --- |" * 9)
+    families = {}
+    for key in shared:
+        families.setdefault(runs[0][key]["family"], []).append(key)
+    for family, keys in [
+        *families.items(),
+        ("all with MI <= 2", [key for key in shared if runs[0][key]["truth"] <= 2]),
+    ]:
+        errors = [[run[key]["mi_estimate"] - run[key]["truth"] for key in keys] for run in runs]
+        seconds = [[run[key]["wall_seconds"] for key in keys] for run in runs]
+        lowest = min((value for key in keys for value in runs[1][key]["fold_estimates"] or []), default=np.nan)
+        print(
+            f"| {family} | {len(keys)} | {np.mean(np.abs(errors[0])):.3f} | {np.mean(np.abs(errors[1])):.3f} | "
+            f"{np.mean(errors[0]):+.3f} | {np.mean(errors[1]):+.3f} | {np.median(seconds[0]):.1f} | "
+            f"{np.median(seconds[1]):.1f} | {lowest:.3f} |"
+        )
 
 
 def mean_or_dash(values):
@@ -85,8 +150,13 @@ def main():
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--record", help="append one JSON line per run to this file")
+    parser.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --record files, then stop")
     parser.add_argument("flags", nargs="*", help="mi_main flags, after --")
     args = parser.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return
 
     print(f"rows {args.rows}, seeds {args.seeds}, mi_main flags: {' '.join(args.flags) or '(defaults)'}")
     header = (
@@ -101,7 +171,12 @@ def main():
             estimates, last_epoch, seconds, covered, widths, below, folds = [], [], [], [], [], [], []
             for seed in range(args.seeds):
                 path, truth, family, dimensions = task_file(name, args.rows, seed, scratch)
-                summary, train_seconds = estimate(path, seed, [*dimensions, *args.flags], os.path.join(scratch, "out"))
+                summary, history, wall_seconds = estimate(
+                    path, seed, [*dimensions, *args.flags], os.path.join(scratch, "out")
+                )
+                if args.record:
+                    with open(args.record, "a") as stream:
+                        stream.write(record_line(name, family, seed, truth, summary, history, wall_seconds) + "\n")
                 estimates.append(summary["mi_estimate"])
                 if "mi_ci95" in summary:  # cross-fitted: the held-out figures are the folds'
                     low, high = summary["mi_ci95"]
@@ -111,7 +186,7 @@ def main():
                     folds.extend(value for value in summary.get("fold_estimates", []) if value is not None)
                 else:
                     last_epoch.append(summary["held_out_last_epoch"])
-                seconds.append(train_seconds)
+                seconds.append(wall_seconds)
             estimates = np.array(estimates)
             errors[name] = (truth, estimates - truth)
             families.setdefault(family, []).append(name)
