@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -300,29 +301,30 @@ def _is_number(token):
     return True
 
 
-def split_rows(rows: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Splits rows into (training, held_out) at random, fixed by `seed`.
+def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held_out) indices of `rows` rows, split at random, fixed by `seed`.
 
     round(val_fraction * rows) rows are held out, in random order (so that
     any slice of them is a random sample too); 0 holds out none.
     """
-    order = np.random.default_rng(seed).permutation(len(rows))
-    n_held_out = int(round(val_fraction * len(rows)))
-    return rows[order[n_held_out:]], rows[order[:n_held_out]]
+    order = np.random.default_rng(seed).permutation(rows)
+    n_held_out = int(round(val_fraction * rows))
+    return order[n_held_out:], order[:n_held_out]
 
 
 TRANSFORMS = ("rank", "standardize", "asinh", "none")
+RANK_POINTS = 65_536  # points of the rank map's empirical CDF, kept and saved with each critic
 # asinh's map is linear within this many spreads of the median: with 1 it
 # bent light-tailed relations (radial mixtures read 0.03 nats lower)
 ASINH_LINEAR_ZONE = 3.0
 
 
-def fold_rows(rows: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training, held_out) for cross-fitting: the rows cut at random
-    (fixed by `seed`) into `folds` near-equal folds; fold number `fold` is
-    held out, in random order, and the others train."""
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(rows)), folds)
-    return rows[np.concatenate(parts[:fold] + parts[fold + 1 :])], rows[parts[fold]]
+def fold_indices(rows: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held_out) indices for cross-fitting: `rows` rows cut at
+    random (fixed by `seed`) into `folds` near-equal folds; fold number
+    `fold` is held out, in random order, and the others train."""
+    parts = np.array_split(np.random.default_rng(seed).permutation(rows), folds)
+    return np.concatenate(parts[:fold] + parts[fold + 1 :]), parts[fold]
 
 
 def fit_transform_parameters(kind: str, training_rows: np.ndarray, sample_width: int) -> dict[str, Any]:
@@ -352,8 +354,12 @@ def fit_transform_parameters(kind: str, training_rows: np.ndarray, sample_width:
         spread = joint.std(axis=0)
         spread[spread == 0] = 1.0
         return {"mean": joint.mean(axis=0), "spread": spread}
-    if kind == "rank":
-        return {"sorted_columns": np.sort(joint, axis=0)}
+    if kind == "rank":  # at most RANK_POINTS quantiles of each column: the empirical CDF, in bounded memory
+        sorted_columns = np.sort(joint, axis=0)
+        if len(sorted_columns) > RANK_POINTS:
+            levels = (np.arange(RANK_POINTS) + 0.5) / RANK_POINTS
+            sorted_columns = sorted_columns[np.round(levels * len(sorted_columns) - 0.5).astype(int)]
+        return {"sorted_columns": sorted_columns}
     if kind == "asinh":
         low, median, high = np.percentile(joint, [25, 50, 75], axis=0)
         spread = (high - low) / 1.349  # a normal's standard deviation from its quartiles
@@ -386,21 +392,25 @@ def make_transform(kind: str, parameters: dict[str, Any], sample_width: int) -> 
             cdf = np.column_stack([np.interp(columns[:, j], sorted_columns[:, j], levels) for j in range(sample_width)])
             return tf.math.ndtri(cdf).numpy()
 
-    def transform(rows):
-        rows = rows.astype(np.float64)
-        return np.concatenate([column_map(rows[:, :sample_width]), column_map(rows[:, sample_width:])], axis=1).astype(
-            np.float32
-        )
+    def transform(rows):  # block by block: float64 copies of a block only, whatever the rows
+        mapped = np.empty(rows.shape, np.float32)
+        for first in range(0, len(rows), SHARD_ROWS):
+            block = rows[first : first + SHARD_ROWS].astype(np.float64)
+            mapped[first : first + SHARD_ROWS] = np.column_stack(
+                [column_map(block[:, :sample_width]), column_map(block[:, sample_width:])]
+            )
+        return mapped
 
     return transform
 
 
 def stacked_rows(rows_per_critic: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One array for several critics' rows: [critics, most rows, columns],
-    each critic's rows first and zeros after, and each critic's row count.
-    (Folds differ in size by a row.)"""
+    """One array for several critics' rows (or row indices): [critics, most
+    rows, ...], each critic's rows first and zeros after, and each critic's
+    row count. (Folds differ in size by a row.)"""
     counts = np.array([len(rows) for rows in rows_per_critic], dtype=np.int32)
-    stacked = np.zeros((len(rows_per_critic), counts.max(), rows_per_critic[0].shape[1]), dtype=np.float32)
+    first = rows_per_critic[0]
+    stacked = np.zeros((len(rows_per_critic), counts.max(), *first.shape[1:]), dtype=first.dtype)
     for k, rows in enumerate(rows_per_critic):
         stacked[k, : len(rows)] = rows
     return stacked, counts
@@ -418,74 +428,122 @@ def epoch_key(seed: tf.Tensor | int, epoch: tf.Tensor | int, stream: int) -> tf.
     )
 
 
-def z_bar_shifted(rows: tf.Tensor, counts: tf.Tensor, shifts: tf.Tensor, resample_latent_dim: int) -> tf.Tensor:
-    """rows [groups, max_rows, columns] with each real row i's last
-    resample_latent_dim columns (z_bar) taken from row (i + shifts[g]) mod
-    counts[g] of its group; the padding rows after the counts[g] real ones
-    are left as they are."""
-    index = tf.range(tf.shape(rows)[1])[None, :]
-    partner = tf.where(index < counts[:, None], tf.math.floormod(index + shifts[:, None], counts[:, None]), index)
-    z_bar = tf.gather(rows[..., -resample_latent_dim:], partner, batch_dims=1)
-    return tf.concat([rows[..., :-resample_latent_dim], z_bar], axis=-1)
+def critic_draws(key: tf.Tensor, critic: tf.Tensor, width: Any) -> tf.Tensor:
+    """Uniform random numbers [width] of one critic (or group) under an epoch's key (epoch_key): a critic's
+    draws depend on the key and its identity alone, not on which others share its stack, and, stateless, a run
+    resumed at any epoch sees those of an uninterrupted one."""
+    seed = tf.random.experimental.stateless_fold_in(key, tf.cast(critic, tf.int64))
+    return tf.random.stateless_uniform([width], seed=seed)
 
 
-def critic_orders(
-    counts: tf.Tensor, max_rows: tf.Tensor | int, seed: tf.Tensor | int, epoch: tf.Tensor | int, stream: int = 0
-) -> tf.Tensor:
-    """For each critic, a random order of its rows, [critics, max_rows]: its
-    counts[k] real rows first, then its padding.
+def critic_orders(seed: Any, epoch: Any, ids: tf.Tensor, counts: tf.Tensor, most: int) -> tf.Tensor:
+    """Each critic's positions [len(ids), most] in a random order: its counts[k] real rows first, then its
+    padding; critic by critic, so that no more than one critic's draws and sort are held at once."""
+    key = epoch_key(seed, epoch, 0)
 
-    Fixed by (seed, epoch, stream) alone: stateless, so a run resumed at any
-    epoch sees the same orders as an uninterrupted one. Streams keep the
-    training order apart from the orders used to evaluate.
-    """
-    keys = tf.random.stateless_uniform([tf.shape(counts)[0], max_rows], seed=epoch_key(seed, epoch, stream))
-    return tf.argsort(tf.where(real_rows_mask(counts, max_rows) > 0, keys, 2.0), axis=1)
+    def order(critic_and_count):
+        critic, count = critic_and_count
+        draws = tf.where(tf.range(most) < count, critic_draws(key, critic, most), 2.0)
+        return tf.cast(tf.argsort(draws), tf.int32)
 
-
-def paired_marginals(
-    rows: tf.Tensor,
-    counts: tf.Tensor,
-    seed: tf.Tensor | int,
-    epoch: tf.Tensor | int,
-    stream: int = 0,
-    resample_latent_dim: int = 0,
-) -> tf.Tensor:
-    """Each critic's rows [critics, max_rows, columns] in the order of
-    critic_orders; with resample_latent_dim > 0, each real row's last
-    resample_latent_dim columns (z_bar) are taken from the row before it
-    (cyclically, among that critic's real rows).
-
-    In rows in a random order this pairs each x_bar with the z_bar of
-    another row, never its own: fresh draws from the product of the
-    marginals, built from the file's own values.
-    """
-    max_rows = tf.shape(rows)[1]
-    shuffled = tf.gather(rows, critic_orders(counts, max_rows, seed, epoch, stream), batch_dims=1)
-    if not resample_latent_dim:
-        return shuffled
-    return z_bar_shifted(shuffled, counts, -tf.ones_like(counts), resample_latent_dim)
+    return tf.map_fn(order, (ids, counts), fn_output_signature=tf.int32, parallel_iterations=1)
 
 
-def shifted_marginals(
-    rows: tf.Tensor,
-    counts: tf.Tensor,
-    seed: tf.Tensor | int,
-    epoch: tf.Tensor | int,
-    stream: int,
-    resample_latent_dim: int,
-) -> tf.Tensor:
-    """Each group's rows [groups, max_rows, columns] (counts[g] real rows
-    first) with fresh marginal pairs: row i's last resample_latent_dim
-    columns (z_bar) taken from row i + s, cyclically among the group's real
-    rows, for a random shift s in [1, count - 1] fixed by (seed, epoch,
-    stream). For rows already in random order (held-out rows are) this
-    pairs each x_bar with another row's z_bar, like paired_marginals, but
-    without a sort: cheap to compile with XLA."""
+def pairing_shifts(counts: tf.Tensor, seed: Any, epoch: Any, stream: int, group_ids: tf.Tensor) -> tf.Tensor:
+    """Each group's cyclic shift s in [1, count - 1] for one marginal pairing: row i takes the z_bar of row
+    i + s of its group, never its own; drawn for the group's id (critic_draws), stream by stream."""
     spans = tf.maximum(counts - 1, 1)
-    uniform = tf.random.stateless_uniform(tf.shape(counts), seed=epoch_key(seed, epoch, stream))
-    shifts = tf.minimum(1 + tf.cast(uniform * tf.cast(spans, tf.float32), tf.int32), spans)
-    return z_bar_shifted(rows, counts, shifts, resample_latent_dim)
+    key = epoch_key(seed, epoch, stream)
+    uniform = tf.map_fn(lambda group: critic_draws(key, group, 1)[0], group_ids, fn_output_signature=tf.float32)
+    return tf.minimum(1 + tf.cast(uniform * tf.cast(spans, tf.float32), tf.int32), spans)
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticRows:
+    """Every critic's training rows, each row held once: maps [maps, rows,
+    columns] holds the input through each input map, and critic k trains on
+    rows indices[k, :counts[k]] of maps[map_of[k]] (indices padded to the
+    longest). Critics of one fold share its indices, those of one input map
+    its rows."""
+
+    maps: tf.Tensor
+    map_of: np.ndarray
+    indices: tf.Tensor
+    counts: np.ndarray
+
+    @classmethod
+    def of_arrays(cls, rows_per_critic: list[np.ndarray]) -> CriticRows:
+        """Each critic its own array of rows (as tests and benchmarks make them)."""
+        stacked, counts = stacked_rows(rows_per_critic)
+        indices = np.broadcast_to(np.arange(stacked.shape[1], dtype=np.int32), stacked.shape[:2])
+        return cls(tf.constant(stacked), np.arange(len(counts)), tf.constant(indices), counts)
+
+
+CHUNK_ROWS = 16_384  # rows per critic in one training call: longer epochs are cut into chunks, in bounded memory
+
+
+def epoch_chunks(
+    critic_rows: CriticRows,
+    ids: list[int],
+    batch_size: int,
+    seed: int,
+    first_epoch: int,
+    last_epoch: int,
+    resample_latent_dim: int = 0,
+) -> tf.data.Dataset:
+    """A tf.data pipeline of every chunk of epochs first_epoch, ...,
+    last_epoch - 1 for the critics `ids`, side by side, each epoch freshly
+    shuffled: (batches [critics, steps, batch_size, columns], the real rows
+    of each step [steps]). The rows left after the full batches make one
+    last batch, padded with rows the bound masks out, so every step has one
+    shape. All critics train on as many rows an epoch as the smallest has,
+    to step together (one with a row more leaves out another each epoch).
+    An epoch of over CHUNK_ROWS rows per critic comes in chunks of about
+    that many, gathered as they train: no epoch is held whole in memory.
+    With resample_latent_dim > 0, each row's z_bar is that of the row
+    before it in the epoch's order (cyclically, among the critic's rows):
+    fresh draws from the product of the marginals, every epoch."""
+    counts = critic_rows.counts[ids]
+    most = critic_rows.indices.shape[1]
+    used = int(counts.min())
+    steps = -(-used // batch_size)
+    chunk_steps = -(-steps // chunks_per_epoch(critic_rows, ids, batch_size))
+    ids_tensor, counts_tensor = tf.constant(ids, tf.int32), tf.constant(counts)
+    indices = tf.gather(critic_rows.indices, ids_tensor)
+    map_of = tf.constant(critic_rows.map_of[ids], tf.int32)[:, None]
+    batch_rows = tf.constant(np.minimum(batch_size, used - batch_size * np.arange(steps)), tf.int32)
+    padding = max(0, steps * batch_size - most)
+
+    def rows_at(positions):  # positions [critics, n] in each critic's list -> its rows, through its map
+        row_ids = tf.gather(indices, positions, batch_dims=1)
+        return tf.gather_nd(critic_rows.maps, tf.stack([tf.broadcast_to(map_of, tf.shape(row_ids)), row_ids], -1))
+
+    @tf.autograph.experimental.do_not_convert
+    def order_of(epoch):
+        return tf.pad(critic_orders(seed, epoch, ids_tensor, counts_tensor, most), [[0, 0], [0, padding]])
+
+    @tf.autograph.experimental.do_not_convert
+    def chunk(order, index):
+        first = tf.cast(index, tf.int32) * chunk_steps
+        chunk_rows = tf.minimum(chunk_steps, steps - first) * batch_size
+        positions = first * batch_size + tf.range(chunk_rows)
+        rows = rows_at(tf.gather(order, positions, axis=1))
+        if resample_latent_dim:
+            partners = tf.gather(order, tf.math.floormod(positions[None] - 1, counts_tensor[:, None]), batch_dims=1)
+            rows = tf.concat([rows[..., :-resample_latent_dim], rows_at(partners)[..., -resample_latent_dim:]], -1)
+        return tf.reshape(rows, [len(ids), -1, batch_size, rows.shape[-1]]), batch_rows[first : first + chunk_steps]
+
+    chunks = -(-steps // chunk_steps)
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch).map(order_of)
+    return without_autotune(
+        epochs.flat_map(lambda order: tf.data.Dataset.range(chunks).map(lambda c: chunk(order, c))).prefetch(1)
+    )
+
+
+def chunks_per_epoch(critic_rows: CriticRows, ids: list[int], batch_size: int) -> int:
+    """How many training calls an epoch of the critics `ids` takes: one per CHUNK_ROWS rows per critic."""
+    steps = -(-int(critic_rows.counts[ids].min()) // batch_size)
+    return -(-steps * batch_size // CHUNK_ROWS)
 
 
 def epoch_batches(
@@ -496,35 +554,10 @@ def epoch_batches(
     n_epoch: int,
     resample_latent_dim: int = 0,
 ) -> tf.data.Dataset:
-    """A tf.data pipeline with one element per epoch, freshly shuffled, for
-    one critic or several side by side (one array of rows each).
-
-    Each element is (batches, batch_rows): each critic's rows in a new
-    order, cut into [critics, steps, batch_size, columns], and the number of
-    real rows in each step, [steps]. The rows left over after the full
-    batches make one last batch, padded to batch_size with rows that the
-    bound masks out: every step has the same shape, so the training step is
-    traced and compiled once. Every critic trains on as many rows per epoch
-    as the smallest has, so that they step together: a critic with one row
-    more leaves out a different one each epoch. With resample_latent_dim > 0
-    the marginal pairs are drawn afresh each epoch. A whole epoch per
-    element lets the training loop run in one TensorFlow call; prefetch
-    shuffles the next epoch while this one trains.
-    """
-    stacked, counts = stacked_rows(rows_per_critic)
-    critics, _, columns = stacked.shape
-    used = int(counts.min())
-    steps = -(-used // batch_size)
-    stacked = np.concatenate([stacked, np.zeros((critics, steps * batch_size - used, columns), np.float32)], axis=1)
-    rows, counts = tf.constant(stacked), tf.constant(counts)
-    batch_rows = tf.constant(np.minimum(batch_size, used - batch_size * np.arange(steps)), tf.int32)
-
-    @tf.autograph.experimental.do_not_convert
-    def one_epoch(epoch):
-        shuffled = paired_marginals(rows, counts, seed, epoch, 0, resample_latent_dim)
-        return tf.reshape(shuffled[:, : steps * batch_size], [critics, steps, batch_size, columns]), batch_rows
-
-    return without_autotune(tf.data.Dataset.range(first_epoch, n_epoch).map(one_epoch).prefetch(1))
+    """epoch_chunks of critics given as one array of rows each, every critic in the stack."""
+    critic_rows = CriticRows.of_arrays(rows_per_critic)
+    ids = list(range(len(rows_per_critic)))
+    return epoch_chunks(critic_rows, ids, batch_size, seed, first_epoch, n_epoch, resample_latent_dim)
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -919,9 +952,10 @@ class TrainingData:
     """Where each epoch's rows come from, for all the critics: in memory or
     streamed from a cache.
 
-    epochs(first_epoch) yields, for each epoch from first_epoch on, its
-    chunks, with a leading critic axis: one chunk in memory, one per window
-    when streamed. held_out_rows and transform_parameters hold one entry per
+    epochs(first_epoch, ids) yields, for each epoch from first_epoch on, the
+    chunks of the critics `ids`, with a leading critic axis: one chunk in
+    memory (one per CHUNK_ROWS rows of a longer epoch), one per window when
+    streamed. held_out_rows and transform_parameters hold one entry per
     critic; training_counts each critic's training rows (each epoch every
     critic trains on as many as the smallest has).
     """
@@ -930,7 +964,7 @@ class TrainingData:
     training_counts: list[int]
     held_out_rows: list[np.ndarray]
     transform_parameters: list[dict[str, Any]]
-    epochs: Callable[[int], Iterator[Chunks]]
+    epochs: Callable[[int, list[int]], Iterator[Chunks]]
     adapted: list[str]  # the start line's notes on defaults fitted to the input
 
     @property
@@ -943,48 +977,63 @@ class TrainingData:
 
 
 def in_memory_data(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Config, TrainingData]:
-    """(config adapted to the rows, the rows in memory): per fold (one split
-    by --val_fraction, or --folds), one critic per candidate."""
+    """(config adapted to the rows, the rows in memory): per fold (one split by --val_fraction, or --folds),
+    one critic per candidate. Each input map is fitted on every row (a map of each column alone, it sees no
+    pairing of x with z) and applied once: the rows are held once per map."""
     config, rows = read_input(config, arrays)
     config, adapted = folds_for_rows(config, len(rows))
     if config.folds == 1:
-        splits = [split_rows(rows, config.val_fraction, config.seed)]
+        splits = [split_indices(len(rows), config.val_fraction, config.seed)]
     else:
-        splits = [fold_rows(rows, config.folds, fold, config.seed) for fold in range(config.folds)]
-    config, notes = batch_and_epochs_for_rows(
-        config, min(len(training_rows) for training_rows, _ in splits), config.STEP_BUDGET
-    )
+        splits = [fold_indices(len(rows), config.folds, fold, config.seed) for fold in range(config.folds)]
+    config, notes = batch_and_epochs_for_rows(config, min(len(training) for training, _ in splits), config.STEP_BUDGET)
     adapted += notes
     if config.folds == 1:
         check_split(config, len(rows), *map(len, splits[0]))
-    elif min(len(training_rows) for training_rows, _ in splits) < config.batch_size:
+    elif min(len(training) for training, _ in splits) < config.batch_size:
         fail(
             f"{config.input_name} has {len(rows)} rows: too few for --folds {config.folds} with --batch_size "
             f"{config.batch_size}"
         )
-    if max(len(held_out_rows) for _, held_out_rows in splits) > SHARD_ROWS:
+    if max(len(held_out) for _, held_out in splits) > SHARD_ROWS:
         # as streamed: one shard of held-out rows per critic reads the bound to about 0.005 nats at MI 1
-        # and keeps the memory of its evaluation, one XLA call per epoch, bounded
         adapted.append(f"read on {SHARD_ROWS:,} of each critic's {len(splits[0][1]):,} held-out rows")
-        splits = [(training_rows, held_out_rows[:SHARD_ROWS]) for training_rows, held_out_rows in splits]
+        splits = [(training, held_out[:SHARD_ROWS]) for training, held_out in splits]
     sample_width = config.data_dim + config.latent_dim
-    training_sets, held_out_sets, parameters_per_critic = [], [], []
-    for training_rows, held_out_rows in splits:
-        for candidate in config.candidates:  # each candidate critic of the fold sees the rows through its own map
-            parameters = fit_transform_parameters(candidate.transform, training_rows, sample_width)
-            transform = make_transform(candidate.transform, parameters, sample_width)
-            training_sets.append(transform(training_rows))
-            held_out_sets.append(transform(held_out_rows))
-            parameters_per_critic.append(parameters)
+    kinds = list(dict.fromkeys(candidate.transform for candidate in config.candidates))
+    parameters = {kind: fit_transform_parameters(kind, rows, sample_width) for kind in kinds}
+    maps = np.empty((len(kinds), *rows.shape), np.float32)
+    for k, kind in enumerate(kinds):
+        maps[k] = make_transform(kind, parameters[kind], sample_width)(rows)
+    del rows
+    # critic f * candidates + c: fold f's rows through candidate c's map
+    critics = [(split, kinds.index(candidate.transform)) for split in splits for candidate in config.candidates]
+    indices, counts = stacked_rows([training for (training, _), _ in critics])
+    kind_of = np.array([kind for _, kind in critics])
+    critic_rows = CriticRows(tf.constant(maps), kind_of, tf.constant(indices.astype(np.int32)), counts)
 
-    def epochs(first_epoch: int) -> Iterator[Chunks]:
-        for element in epoch_batches(
-            training_sets, config.batch_size, config.seed, first_epoch, config.n_epoch, config.resampled_latent_dim
-        ):
-            yield [element]
+    def epochs(first_epoch: int, ids: list[int]) -> Iterator[Chunks]:
+        chunks = iter(
+            epoch_chunks(
+                critic_rows,
+                ids,
+                config.batch_size,
+                config.seed,
+                first_epoch,
+                config.n_epoch,
+                config.resampled_latent_dim,
+            )
+        )
+        for _ in range(first_epoch, config.n_epoch):
+            yield itertools.islice(chunks, chunks_per_epoch(critic_rows, ids, config.batch_size))
 
     data = TrainingData(
-        len(rows), [len(rows) for rows in training_sets], held_out_sets, parameters_per_critic, epochs, adapted
+        total_rows=maps.shape[1],
+        training_counts=[int(count) for count in counts],
+        held_out_rows=[maps[kind, held_out] for (_, held_out), kind in critics],
+        transform_parameters=[parameters[kinds[kind]] for _, kind in critics],
+        epochs=epochs,
+        adapted=adapted,
     )
     return config, data
 
@@ -1023,7 +1072,7 @@ def streamed_data(config: Config) -> tuple[Config, TrainingData]:
     transform = make_transform(candidate.transform, parameters, width)
     held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
 
-    def epochs(first_epoch: int) -> Iterator[Chunks]:
+    def epochs(first_epoch: int, ids: list[int]) -> Iterator[Chunks]:  # one critic: ids is [0]
         for epoch in range(first_epoch, config.n_epoch):
             yield streamed_epoch(
                 cache_path,
@@ -1102,11 +1151,17 @@ class History:
         """[epochs, critics, WIDTH]: every field, in their order."""
         return np.stack([getattr(self, field.name) for field in dataclasses.fields(self)], axis=-1)
 
-    def appended(self, training: np.ndarray, held_out: np.ndarray) -> History:
-        """With one more epoch: training [critics, 3] (bound, joint part,
+    def appended(self, training: np.ndarray, held_out: np.ndarray, critic_ids: list[int]) -> History:
+        """With one more epoch of the critics critic_ids (NaN for the others,
+        which did not train): training [critics, 3] (bound, joint part,
         marginal part) and held_out [critics, 2] (halves A, B)."""
-        epoch = np.column_stack([training, held_out.mean(axis=1), held_out])
-        return History.of_figures(np.concatenate([self.figures(), epoch[None]]))
+        epoch = np.full((1, self.training.shape[1], self.WIDTH), np.nan)
+        epoch[0, critic_ids] = np.column_stack([training, held_out.mean(axis=1), held_out])
+        return History.of_figures(np.concatenate([self.figures(), epoch]))
+
+    def first(self, epochs: int) -> History:
+        """The history of the first `epochs` epochs."""
+        return History(*(getattr(self, field.name)[:epochs] for field in dataclasses.fields(self)))
 
     def of_critics(self, first: int, stop: int) -> History:
         """Critics first, ..., stop - 1 alone."""
@@ -1117,15 +1172,15 @@ class History:
 
 
 def save_curves(output_dir: str, history: History, has_held_out: bool, plot: bool, truth: float | None) -> None:
-    """The per-epoch files of one or more critics into output_dir; with
-    several critics each row holds their mean."""
-    save_rows(os.path.join(output_dir, ESTIMATE_FILE), history.training.mean(axis=1))
-    save_rows(
-        os.path.join(output_dir, PARTS_FILE),
-        np.column_stack([history.joint.mean(axis=1), history.marginal.mean(axis=1)]),
-    )
+    """The per-epoch files of one or more critics into output_dir, a row per
+    epoch that one of them trained; with several critics each row holds the
+    mean of those that trained."""
+    history = history.first(int(np.sum(~np.isnan(history.training).all(axis=1))))  # a dropped critic's epochs
+    save_rows(os.path.join(output_dir, ESTIMATE_FILE), np.nanmean(history.training, axis=1))
+    parts = np.column_stack([np.nanmean(history.joint, axis=1), np.nanmean(history.marginal, axis=1)])
+    save_rows(os.path.join(output_dir, PARTS_FILE), parts)
     if has_held_out:
-        save_rows(os.path.join(output_dir, HELD_OUT_FILE), history.held_out.mean(axis=1))
+        save_rows(os.path.join(output_dir, HELD_OUT_FILE), np.nanmean(history.held_out, axis=1))
     if plot and len(history):
         save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
 
@@ -1153,9 +1208,9 @@ def save_plot(path: str, history: History, truth: float | None) -> None:
                 label=f"held-out rows, each of {critics} critics" if k == 0 else None,
             )
     mean_of = f"mean of {critics} critics, " if critics > 1 else ""
-    axes.plot(epochs, history.training.mean(axis=1), color="tab:blue", label=f"{mean_of}training rows")
+    axes.plot(epochs, np.nanmean(history.training, axis=1), color="tab:blue", label=f"{mean_of}training rows")
     if has_held_out:
-        axes.plot(epochs, history.held_out.mean(axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
+        axes.plot(epochs, np.nanmean(history.held_out, axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
     if truth is not None:
         axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
     axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")

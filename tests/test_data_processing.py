@@ -9,16 +9,18 @@ import pytest
 import mi_data_processing
 from mi_data_processing import (
     DISTORTIONS,
+    CriticRows,
     InputError,
     build_cache,
+    chunks_per_epoch,
     epoch_batches,
+    epoch_chunks,
     fit_transform_parameters,
     load_rows,
     make_known_mi_rows,
     make_transform,
-    paired_marginals,
     read_cached_rows,
-    split_rows,
+    split_indices,
     streamed_epoch,
 )
 
@@ -160,16 +162,15 @@ def test_distortions_bend_each_coordinate_of_the_same_draw(distortion):
 
 
 def test_held_out_split_is_disjoint_sized_and_fixed_by_the_seed():
-    rows = np.arange(1000, dtype=np.float32).reshape(1000, 1)
-    training, held_out = split_rows(rows, 0.2, seed=7)
+    training, held_out = split_indices(1000, 0.2, seed=7)
     assert len(training) == 800 and len(held_out) == 200
-    assert not set(training[:, 0]) & set(held_out[:, 0])
-    np.testing.assert_array_equal(np.sort(np.concatenate([training, held_out])[:, 0]), rows[:, 0])
-    again, _ = split_rows(rows, 0.2, seed=7)
-    other, _ = split_rows(rows, 0.2, seed=8)
+    assert not set(training) & set(held_out)
+    np.testing.assert_array_equal(np.sort(np.concatenate([training, held_out])), np.arange(1000))
+    again, _ = split_indices(1000, 0.2, seed=7)
+    other, _ = split_indices(1000, 0.2, seed=8)
     np.testing.assert_array_equal(training, again)
     assert not np.array_equal(training, other)
-    everything, nothing = split_rows(rows, 0.0, seed=7)
+    everything, nothing = split_indices(1000, 0.0, seed=7)
     assert len(everything) == 1000 and len(nothing) == 0
 
 
@@ -202,20 +203,42 @@ def test_transform_is_monotone_fitted_on_training_rows_and_the_same_on_both_halv
         np.testing.assert_allclose(mapped[:, :2].std(axis=0), 1, atol=1e-4)
 
 
-def test_paired_marginals_keep_x_bar_and_take_another_real_rows_z_bar():
+def test_marginal_pairs_keep_x_bar_and_take_another_of_the_critics_own_rows_z_bar():
     index = np.arange(10, dtype=np.float32)
-    rows = np.zeros((2, 12, 4), np.float32)  # two critics: 10 and 7 real rows, then padding
-    for k, count in enumerate((10, 7)):
-        rows[k, :count] = np.column_stack([index, index + 100, index + 200, index + 300])[:count]
-    paired = paired_marginals(
-        rows, np.array([10, 7], np.int32), seed=0, epoch=3, stream=1, resample_latent_dim=1
-    ).numpy()
-    for k, count in enumerate((10, 7)):
-        real = paired[k, :count]
-        assert sorted(real[:, 0]) == list(index[:count])  # every real row once, padding last
+    rows = [
+        np.column_stack([index, index + 100, index + 200, index + 300])[:count] + 1000 * k
+        for k, count in enumerate((10, 7))
+    ]  # two critics, 10 and 7 rows: each epoch trains 7 of each
+    batches, batch_rows = next(iter(epoch_batches(rows, 16, seed=0, first_epoch=3, n_epoch=4, resample_latent_dim=1)))
+    assert list(batch_rows.numpy()) == [7]
+    for k in range(2):
+        real = batches.numpy()[k, 0, :7] - 1000 * k
+        assert len(set(real[:, 0])) == 7 and set(real[:, 0]) <= set(index)  # each trained row once, its own
         np.testing.assert_array_equal(real[:, 2], real[:, 0] + 200)  # x_bar kept with its row
-        assert sorted(real[:, 3]) == sorted(index[:count] + 300)  # the critic's own z_bar values
+        assert set(real[:, 3] - 300) <= set(index[: len(rows[k])])  # the critic's own z_bar values
         assert np.all(real[:, 3] != real[:, 0] + 300)  # never a row's own
+
+
+def test_a_critic_trains_the_same_whatever_else_shares_its_stack():
+    rng = np.random.default_rng(2)
+    rows = [rng.standard_normal((50, 4)).astype(np.float32) for _ in range(3)]
+    critic_rows = CriticRows.of_arrays(rows)
+    together = next(iter(epoch_chunks(critic_rows, [0, 1, 2], 16, 5, 0, 1, 1)))[0].numpy()
+    alone = next(iter(epoch_chunks(critic_rows, [2], 16, 5, 0, 1, 1)))[0].numpy()
+    np.testing.assert_array_equal(together[2], alone[0])
+
+
+def test_a_long_epoch_comes_in_chunks_of_bounded_rows(monkeypatch):
+    monkeypatch.setattr(mi_data_processing, "CHUNK_ROWS", 32)
+    rows = np.column_stack([np.arange(100)] * 2).astype(np.float32)
+    critic_rows = CriticRows.of_arrays([rows])
+    assert chunks_per_epoch(critic_rows, [0], 16) == 4  # 7 steps of 16 rows, at most 2 a chunk
+    chunks = list(epoch_chunks(critic_rows, [0], 16, 0, 0, 1))
+    assert [tuple(batches.shape) for batches, _ in chunks] == [(1, 2, 16, 2)] * 3 + [(1, 1, 16, 2)]
+    seen = np.concatenate(
+        [batches.numpy()[0, step, :size] for batches, sizes in chunks for step, size in enumerate(sizes.numpy())]
+    )
+    np.testing.assert_array_equal(np.sort(seen[:, 0]), np.arange(100))
 
 
 def test_resampled_epochs_pair_x_bar_with_a_new_z_bar_every_epoch():
