@@ -25,13 +25,15 @@ and epoch, and the estimate's error bars.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from mi_data_processing import History, real_rows_mask, shifted_marginals
+from mi_data_processing import History, pairing_shifts
 from mi_layers import StatisticsNetwork
 
 
@@ -162,48 +164,122 @@ def split_halves(rows: tf.Tensor, sample_width: int) -> tuple[tf.Tensor, tf.Tens
     return rows[..., :sample_width], rows[..., sample_width:]
 
 
-def cross_selected_estimate(
-    bounds_a: np.ndarray, bounds_b: np.ndarray
-) -> tuple[float, tuple[int, int], tuple[int, int]]:
-    """The held-out estimate from the bounds on two disjoint halves A and B
-    of the held-out rows, per epoch ([epochs]) or per epoch and candidate
-    critic ([epochs, candidates]): (B at A's best + A at B's best) / 2.
-    Choosing the epoch (and candidate) on one half and reading the other
-    stops training where the critic generalizes best and keeps the critic
-    that does, without the upward bias of reporting the very maximum a
-    selection was made on. Every bound is a lower bound on the MI, so the
-    best critic is the tightest.
-    Returns (estimate, (epoch, candidate) best on A, (epoch, candidate)
-    best on B), epochs 1-based, candidates 0-based.
-    """
-    bounds_a, bounds_b = np.asarray(bounds_a, np.float64), np.asarray(bounds_b, np.float64)
-    if bounds_a.ndim == 1:
-        bounds_a, bounds_b = bounds_a[:, None], bounds_b[:, None]
-    best_a = np.unravel_index(int(np.argmax(bounds_a)), bounds_a.shape)
-    best_b = np.unravel_index(int(np.argmax(bounds_b)), bounds_b.shape)
-    estimate = 0.5 * (float(bounds_b[best_a]) + float(bounds_a[best_b]))
-    return estimate, (int(best_a[0]) + 1, int(best_a[1])), (int(best_b[0]) + 1, int(best_b[1]))
+def decision_views(history: History, folds: int, per_fold: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(decision, reading) of each view, arrays [epochs, candidates]: a view
+    chooses its (epoch, candidate) on its decision bounds and reads the
+    estimate on rows that took no part in the choice. With folds, view k
+    decides on the mean held-out bound of the other folds' critics and
+    reads fold k's; with one split, view A decides on held-out half A and
+    reads half B, view B the other way round. NaN where a critic did not
+    train (a candidate dropped)."""
+    if folds > 1:
+        bounds = history.held_out.reshape(len(history), folds, per_fold)
+        return [(np.delete(bounds, fold, axis=1).mean(axis=1), bounds[:, fold]) for fold in range(folds)]
+    return [(history.held_out_a, history.held_out_b), (history.held_out_b, history.held_out_a)]
 
 
-def pooled_selected_estimates(bounds: np.ndarray) -> tuple[list[float], list[tuple[int, int]]]:
-    """Cross-fitted fold estimates, each fold read at the (epoch,
-    candidate) chosen on the other folds: bounds [epochs, folds,
-    candidates] are each fold's held-out bounds. Fold k's estimate is its
-    bound at the epoch and candidate whose mean bound over the other K - 1
-    folds is highest. Choosing on K - 1 folds' rows instead of half of one
-    fold's makes the choice far less noisy, and fold k's own rows, which
-    play no part in the choice, read the whole fold instead of a half.
-    Returns (estimates [folds], [(epoch, candidate) per fold]), epochs
-    1-based, candidates 0-based.
+def behind_on_every_fold(
+    history: History, folds: int, per_fold: int, view: int, candidate: int, leader: int, margin: float
+) -> bool:
+    """Whether each of the other folds' critics of `candidate` reached a
+    best held-out bound more than `margin` below that of `leader` (K - 1
+    folds agreeing: with 4, 1 chance in 16 if the two were alike, before
+    the margin); never with one split, which has no other fold."""
+    if folds == 1:
+        return False
+    bounds = np.delete(history.held_out.reshape(len(history), folds, per_fold), view, axis=1)
+    best = np.nanmax(bounds, axis=0)  # [other folds, candidates]
+    return bool(np.all(best[:, candidate] < best[:, leader] - margin))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the held-out bounds say to do after each epoch: which candidates
+    each view may still choose, and so which critics still train, and the
+    learning rate's course.
+
+    From epoch `from_epoch` on, a view drops a candidate that is behind its
+    leader (the candidate of its highest decision bound so far) on every
+    other fold by more than `margin` nats; a candidate stops training once
+    every view has dropped it. The choice a view leaves is made on its
+    decision rows alone, never on the rows it reads. (Candidates that stay
+    within the margin train to the end: cutting them, or the run, earlier
+    cost sparse and additive-noise tasks more than 0.01 nats;
+    tests/BENCHMARKS.md.) The learning rate is --lr times 0.5 (1 + cos(pi
+    epoch / n_epoch)) (cosine), or --lr throughout (constant); the run has
+    n_epoch epochs.
     """
-    bounds = np.asarray(bounds, np.float64)
-    estimates, choices = [], []
-    for fold in range(bounds.shape[1]):
-        others = np.delete(bounds, fold, axis=1).mean(axis=1)  # [epochs, candidates]
-        epoch, candidate = np.unravel_index(int(np.argmax(others)), others.shape)
-        estimates.append(float(bounds[epoch, fold, candidate]))
-        choices.append((int(epoch) + 1, int(candidate)))
-    return estimates, choices
+
+    folds: int
+    per_fold: int
+    n_epoch: int
+    schedule: str  # cosine or constant
+    margin: float
+    from_epoch: int
+    allowed: tuple[frozenset[int], ...]  # per view: the candidates it may still choose
+    epochs: int = 0  # epochs completed
+    dropped: tuple[tuple[int, int], ...] = ()  # (candidate, the epoch after which it stopped training)
+
+    @classmethod
+    def start(cls, folds: int, per_fold: int, n_epoch: int, schedule: str, margin: float, from_epoch: int) -> Plan:
+        views = folds if folds > 1 else 2
+        return cls(folds, per_fold, n_epoch, schedule, margin, from_epoch, (frozenset(range(per_fold)),) * views)
+
+    @property
+    def candidates(self) -> list[int]:
+        """The candidates still training: those some view may choose."""
+        return sorted(set().union(*self.allowed))
+
+    @property
+    def critic_ids(self) -> list[int]:
+        """The critics still training, fold-major: critic f * per_fold + c is fold f's candidate c."""
+        return [fold * self.per_fold + candidate for fold in range(self.folds) for candidate in self.candidates]
+
+    def next_factors(self) -> tuple[float, float]:
+        """The learning rate at the start and at the end of the next epoch, as shares of --lr."""
+        if self.schedule == "constant":
+            return 1.0, 1.0
+        start, end = (
+            0.5 * (1.0 + math.cos(math.pi * epoch / self.n_epoch)) for epoch in (self.epochs, self.epochs + 1)
+        )
+        return start, end
+
+    def finished(self) -> bool:
+        return self.epochs >= self.n_epoch
+
+    def after(self, history: History) -> Plan:
+        """The plan once the history's last epoch is done."""
+        epochs, allowed = len(history), list(self.allowed)
+        if epochs >= self.from_epoch and not np.isnan(history.held_out[-1]).all():
+            for view, (decision, _) in enumerate(decision_views(history, self.folds, self.per_fold)):
+                best = {candidate: float(np.nanmax(decision[:, candidate])) for candidate in allowed[view]}
+                leader = max(best, key=lambda candidate: best[candidate])
+                allowed[view] = frozenset(
+                    candidate
+                    for candidate in allowed[view]
+                    if not behind_on_every_fold(
+                        history, self.folds, self.per_fold, view, candidate, leader, self.margin
+                    )
+                )
+        stopped = sorted(set(self.candidates) - set().union(*allowed))
+        dropped = self.dropped + tuple((candidate, epochs) for candidate in stopped)
+        return dataclasses.replace(self, allowed=tuple(allowed), epochs=epochs, dropped=dropped)
+
+
+def chosen_in_views(history: History, plan: Plan) -> list[tuple[float, int, int]]:
+    """Each view's (reading, epoch, candidate): the epoch (1-based) and
+    candidate it allows with the highest decision bound, and its reading
+    there."""
+    chosen = []
+    for (decision, reading), allowed in zip(
+        decision_views(history, plan.folds, plan.per_fold), plan.allowed, strict=True
+    ):
+        choosable = np.full(decision.shape, -np.inf)
+        columns = sorted(allowed)
+        choosable[:, columns] = np.nan_to_num(decision[:, columns], nan=-np.inf)
+        epoch, candidate = np.unravel_index(int(np.argmax(choosable)), choosable.shape)
+        chosen.append((float(reading[epoch, candidate]), int(epoch) + 1, int(candidate)))
+    return chosen
 
 
 def held_out_stderr(joint_scores: np.ndarray, marginal_scores: np.ndarray, estimator: str = "mine") -> float:
@@ -274,22 +350,18 @@ def cross_fitted_interval(fold_estimates: list[float]) -> tuple[float, float, tu
 
 
 def chosen_estimate(
-    history: History, candidate_names: list[str], stderr_of: Callable[[list[int]], float] | None
+    history: History, candidate_names: list[str], plan: Plan, stderr_of: Callable[[list[int]], float] | None
 ) -> tuple[dict, list]:
-    """The estimate as summary.json gives it, from the history of every
-    critic (fold-major: critic f * candidates + c is fold f's candidate c):
-    each fold's (candidate, epoch) chosen on the other folds, or with one
-    split on the other half, with its error bar; without held-out rows
-    (stderr_of None), the training rows' bound. stderr_of(critics) is the
-    standard error of one split's estimate read by those critics. Returns
-    (summary fields, the winning candidates for the final line)."""
-    per_fold = len(candidate_names)
-    folds = history.training.shape[1] // per_fold
+    """The estimate as summary.json gives it: each view's reading at the
+    (epoch, candidate) it chose (chosen_in_views): with folds their mean and
+    its interval; with one split the mean of the two halves' readings, its
+    error bar stderr_of(the chosen candidates). Without held-out rows
+    (stderr_of None, one split), the training rows' bound at the last
+    epoch. Returns (summary fields, the winning candidates for the final
+    line)."""
+    per_fold, folds = plan.per_fold, plan.folds
     chosen = "candidate and epoch" if per_fold > 1 else "epoch"
-    choices: dict[str, list] = {"fold_winners": [], "fold_best_epochs": []} if per_fold > 1 else {}
-    fields: dict[str, Any]
-    winners: list
-    best_epochs: list
+    fields: dict[str, Any] = {}
     if not len(history):
         fields = {"mi_estimate": None, "mi_estimate_from": "no completed epoch"}
         if folds > 1:
@@ -299,29 +371,30 @@ def chosen_estimate(
                 "mi_lower_95": None,
                 "fold_estimates": [None] * folds,
             }
-        return fields | choices, []
+        return fields | ({"fold_winners": [], "fold_best_epochs": []} if per_fold > 1 else {}), []
+    if folds == 1 and stderr_of is None:  # no choice without held-out rows: one candidate (resolved() sees to it)
+        return {
+            "mi_estimate": float(history.training[-1, 0]),
+            "mi_estimate_from": "training rows' bound, last epoch",
+        }, []
+    readings = chosen_in_views(history, plan)
     if folds > 1:
-        estimates, best = pooled_selected_estimates(history.held_out.reshape(len(history), folds, per_fold))
+        estimates = [reading for reading, _, _ in readings]
         mean, stderr, interval, lower = cross_fitted_interval(estimates)
-        winners, best_epochs = [candidate_names[candidate] for _, candidate in best], [epoch for epoch, _ in best]
+        winners: list = [candidate_names[candidate] for _, _, candidate in readings]
+        best_epochs: list = [epoch for _, epoch, _ in readings]
         source = f"mean of {folds} cross-fitted folds' held-out bounds, each at the {chosen} chosen on the other folds"
         fields = {"mi_estimate": mean, "mi_estimate_from": source, "mi_stderr": stderr}
         fields |= {"mi_ci95": list(interval), "mi_lower_95": lower, "fold_estimates": estimates}
-    elif stderr_of is not None:
-        estimate, (epoch_a, chosen_a), (epoch_b, chosen_b) = cross_selected_estimate(
-            history.held_out_a, history.held_out_b
-        )
-        stderr = stderr_of(sorted({chosen_a, chosen_b}))
+    else:
+        (read_b, epoch_a, chosen_a), (read_a, epoch_b, chosen_b) = readings
+        estimate = 0.5 * (read_a + read_b)
+        stderr = stderr_of(sorted({chosen_a, chosen_b})) if stderr_of else float("nan")
         interval, lower = normal_interval(estimate, stderr)
         winners, best_epochs = [[candidate_names[chosen_a], candidate_names[chosen_b]]], [[epoch_a, epoch_b]]
         source = f"held-out bound at the {chosen} chosen on the other half (epochs {epoch_a}, {epoch_b})"
         fields = {"mi_estimate": estimate, "mi_estimate_from": source, "mi_stderr": stderr}
         fields |= {"mi_ci95": list(interval), "mi_lower_95": lower}
-    else:  # no choice without held-out rows: one candidate (resolved() refuses several)
-        return {
-            "mi_estimate": float(history.training[-1, 0]),
-            "mi_estimate_from": "training rows' bound, last epoch",
-        }, []
     if per_fold > 1:
         fields |= {"fold_winners": winners, "fold_best_epochs": best_epochs}
     return fields, winners
@@ -335,15 +408,19 @@ def chosen_critics_stderr(
     passes: int,
     resample_latent_dim: int,
     estimator: str,
+    critic_ids: list[int],
 ) -> float:
     """The standard error of a one-split estimate: held_out_stderr of the
-    critics chosen on the two halves, on every held-out row, at the last
-    epoch's weights: the run keeps no earlier ones, and late epochs differ
-    little under the cosine schedule."""
+    critics at positions `chosen` of the model's stack (their ids
+    critic_ids), on every held-out row, at the last epoch's weights: the
+    run keeps no earlier ones, and late epochs differ little as the
+    learning rate decays."""
     rows = np.stack(held_out_rows)[:, None]  # [critics, one part, rows, columns]
     counts = tf.fill([len(rows), 1], rows.shape[2])
-    seed = tf.constant(seed, tf.int64)
-    joint, marginal = held_out_scores(model, tf.constant(rows), counts, seed, 0, passes, resample_latent_dim)
+    ids, seed = tf.constant(critic_ids, tf.int32), tf.constant(seed, tf.int64)
+    shifts = group_shifts(tf.reshape(counts, [-1]), seed, 0, passes, resample_latent_dim, ids, 1)
+    index = tf.range(rows.shape[2])
+    joint, marginal = held_out_scores(model, tf.constant(rows), counts, index, shifts, resample_latent_dim)
     joint, marginal = joint.numpy()[:, 0], marginal.numpy()[:, :, 0]
     return float(np.mean([held_out_stderr(joint[k], marginal[k], estimator) for k in chosen]))
 
@@ -351,48 +428,103 @@ def chosen_critics_stderr(
 ESTIMATORS = ("mine", "mine_biased", "mine_f")
 
 
+# Rows of each (critic, half) scored at once by the held-out reading: its memory, whatever the held-out rows
+EVAL_ROWS = 2048
+
+
+def held_out_samples(
+    groups: tf.Tensor,
+    counts: tf.Tensor,
+    shifts: list[tf.Tensor],
+    index: tf.Tensor,
+    width: int,
+    resample_latent_dim: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rows `index` of each group [groups, most rows, columns] (counts[g]
+    real rows first) as (joint samples [groups, n, width], marginal samples
+    [pairings, groups, n, width]): in pairing p, each row's z_bar is that of
+    row index + shifts[p][g] of its group, cyclically among its real rows;
+    without resample_latent_dim, the file's own marginal half, one pairing."""
+    rows = tf.gather(groups, index, axis=1)
+    joint, marginal = rows[..., :width], rows[..., width:]
+    if not resample_latent_dim:
+        return joint, marginal[None]
+    z_bars = [
+        tf.gather(
+            groups[..., -resample_latent_dim:],
+            tf.math.floormod(index[None] + shift[:, None], counts[:, None]),
+            batch_dims=1,
+        )
+        for shift in shifts
+    ]
+    return joint, tf.stack([tf.concat([marginal[..., :-resample_latent_dim], z_bar], -1) for z_bar in z_bars])
+
+
+def group_shifts(
+    counts: tf.Tensor,
+    seed: Any,
+    epoch: Any,
+    passes: int,
+    resample_latent_dim: int,
+    critic_ids: tf.Tensor,
+    parts: int,
+) -> list[tf.Tensor]:
+    """The pairings' shifts of each (critic, part) group, one list entry per pairing (streams 1, 2, ...: apart
+    from the training order's stream 0); none without resample_latent_dim."""
+    if not resample_latent_dim:
+        return []
+    group_ids = tf.reshape(tf.cast(critic_ids, tf.int32)[:, None] * parts + tf.range(parts)[None], [-1])
+    return [pairing_shifts(counts, seed, epoch, stream, group_ids) for stream in range(1, passes + 1)]
+
+
 def held_out_scores(
     model: MineModel,
     rows: tf.Tensor,
     counts: tf.Tensor,
-    seed: tf.Tensor | int,
-    epoch: tf.Tensor | int,
-    passes: int,
+    index: tf.Tensor,
+    shifts: list[tf.Tensor],
     resample_latent_dim: int,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Each critic's scores on its held-out parts: rows [critics, parts,
-    most rows, columns], counts [critics, parts] real rows first. Returns T
-    on the rows [critics, parts, most rows, outputs] and T on `passes`
-    fresh marginal pairings of each part, [critics, passes, parts, most
-    rows, outputs] (streams 1.. keep them apart from the training order;
-    without resample_latent_dim the file's own marginal half, one pass).
-    One pass of the network scores every part's joint half, and one every
-    pairing's marginal half."""
+    """T on rows `index` of each critic's held-out parts, rows [critics,
+    parts, most rows, columns] and counts [critics, parts] real rows first:
+    on the joint samples [critics, parts, n, outputs] and on each pairing's
+    marginal samples [critics, pairings, parts, n, outputs] (held_out_samples
+    with the groups' shifts). One pass of the network scores every joint
+    sample, and one every marginal sample."""
     critics, parts, most_rows, columns = rows.shape
-    width = model.sample_width
+    width, n = model.sample_width, index.shape[0]
     groups = tf.reshape(rows, [critics * parts, most_rows, columns])  # one group per (critic, part)
-    group_counts = tf.reshape(counts, [-1])
-    if resample_latent_dim:
-        paired = tf.stack(
-            [
-                shifted_marginals(groups, group_counts, seed, epoch, stream, resample_latent_dim)
-                for stream in range(1, passes + 1)
-            ]
-        )  # [passes, groups, most_rows, columns]
-    else:
-        paired = groups[None]
-    passes = paired.shape[0]
-    joint_scores = model.statistics_network(tf.reshape(rows[..., :width], [critics, parts * most_rows, width]))
-    marginal_scores = model.statistics_network(
-        tf.reshape(
-            tf.transpose(tf.reshape(paired[..., width:], [passes, critics, parts, most_rows, width]), [1, 0, 2, 3, 4]),
-            [critics, passes * parts * most_rows, width],
-        )
-    )
+    joint, marginal = held_out_samples(groups, tf.reshape(counts, [-1]), shifts, index, width, resample_latent_dim)
+    passes = marginal.shape[0]
+    joint_scores = model.statistics_network(tf.reshape(joint, [critics, parts * n, width]))
+    marginal = tf.transpose(tf.reshape(marginal, [passes, critics, parts, n, width]), [1, 0, 2, 3, 4])
+    marginal_scores = model.statistics_network(tf.reshape(marginal, [critics, passes * parts * n, width]))
     return (
-        tf.reshape(joint_scores, [critics, parts, most_rows, -1]),
-        tf.reshape(marginal_scores, [critics, passes, parts, most_rows, -1]),
+        tf.reshape(joint_scores, [critics, parts, n, -1]),
+        tf.reshape(marginal_scores, [critics, passes, parts, n, -1]),
     )
+
+
+def merged_parts(
+    first: tuple[tf.Tensor, tf.Tensor, tf.Tensor], second: tuple[tf.Tensor, tf.Tensor, tf.Tensor], estimator: str
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(count, joint_part, marginal_part) of the union of two disjoint sets
+    of scores, from each one's (a set of no score counts 0): joint parts are
+    means, marginal parts log mean exp (mine_f: means), so a bound can be
+    read slice by slice."""
+    (count_a, joint_a, marginal_a), (count_b, joint_b, marginal_b) = first, second
+    count = count_a + count_b
+    share_b = tf.math.divide_no_nan(count_b, count)
+    share_a = 1.0 - share_b
+
+    def mean(a, b):
+        return tf.where(count_b > 0, tf.where(count_a > 0, share_a * a + share_b * b, b), a)
+
+    if estimator == "mine_f":
+        return count, mean(joint_a, joint_b), mean(marginal_a, marginal_b)
+    log_shares = tf.math.log(tf.stack([share_a, share_b]))
+    log_mean = tf.reduce_logsumexp(tf.stack([marginal_a, marginal_b]) + log_shares, axis=0)
+    return count, mean(joint_a, joint_b), tf.where(count_b > 0, tf.where(count_a > 0, log_mean, marginal_b), marginal_a)
 
 
 def held_out_bounds(
@@ -402,26 +534,39 @@ def held_out_bounds(
     epoch: tf.Tensor | int,
     passes: int,
     resample_latent_dim: int,
+    critic_ids: tf.Tensor,
 ) -> tf.Tensor:
-    """Each critic's bound on each of its held-out parts, [critics, parts]:
-    halves is (rows, counts) as stacked_halves makes them, scored by
-    held_out_scores; each bound is averaged over the marginal pairings."""
+    """Each critic's bound on each of its held-out parts, [critics, parts],
+    averaged over `passes` marginal pairings: halves is (rows, counts) as
+    stacked_halves makes them; the critics' ids critic_ids fix their
+    pairings. Read EVAL_ROWS rows of every
+    part at a time (one graph loop, its parts merged by merged_parts), so
+    that the memory it takes does not grow with the held-out rows."""
     rows, counts = halves
     critics, parts, most_rows, _ = rows.shape
-    joint_scores, marginal_scores = held_out_scores(model, rows, counts, seed, epoch, passes, resample_latent_dim)
-    passes, out_width = marginal_scores.shape[1], marginal_scores.shape[-1]
-    # a group per (critic, pass, part): the bound of each, then the mean over the passes
-    joint_scores = tf.tile(joint_scores[:, None], [1, passes, 1, 1, 1])
-    mask = tf.tile(
-        tf.reshape(real_rows_mask(tf.reshape(counts, [-1]), most_rows), [critics, 1, parts, most_rows]),
-        [1, passes, 1, 1],
+    group_counts = tf.reshape(counts, [-1])
+    shifts = group_shifts(group_counts, seed, epoch, passes, resample_latent_dim, critic_ids, parts)
+    size = min(most_rows, EVAL_ROWS)
+    groups = critics * parts * max(1, len(shifts))
+
+    def read_slice(start, total):
+        position = start + tf.range(size)
+        index = tf.minimum(position, most_rows - 1)
+        joint_scores, marginal_scores = held_out_scores(model, rows, counts, index, shifts, resample_latent_dim)
+        pairings = marginal_scores.shape[1]  # a group per (critic, pairing, part), as the scores come
+        real = tf.reshape(tf.cast(position[None] < group_counts[:, None], tf.float32), [critics, 1, parts, size])
+        mask = tf.reshape(tf.tile(real, [1, pairings, 1, 1]), [groups, size])
+        joint_scores = tf.tile(joint_scores[:, None], [1, pairings, 1, 1, 1])
+        _, joint_part, marginal_part = model.bound(
+            tf.reshape(joint_scores, [groups, size, -1]), tf.reshape(marginal_scores, [groups, size, -1]), mask
+        )
+        return start + size, merged_parts(total, (tf.reduce_sum(mask, 1), joint_part, marginal_part), model.estimator)
+
+    empty = (tf.zeros([groups]), tf.zeros([groups]), tf.zeros([groups]))
+    _, (_, joint_part, marginal_part) = tf.while_loop(
+        lambda start, _: start < most_rows, read_slice, (tf.constant(0), empty)
     )
-    bounds = model.bound(
-        tf.reshape(joint_scores, [-1, most_rows, out_width]),
-        tf.reshape(marginal_scores, [-1, most_rows, out_width]),
-        tf.reshape(mask, [-1, most_rows]),
-    )[0]
-    return tf.reduce_mean(tf.reshape(bounds, [critics, passes, parts]), axis=1)
+    return tf.reduce_mean(tf.reshape(joint_part - marginal_part, [critics, -1, parts]), axis=1)
 
 
 @tf.keras.utils.register_keras_serializable(package="mine")

@@ -13,7 +13,7 @@ mean error against the true MI, per task, over the seeds:
   halves: each fold's (candidate, epoch) chosen on one half of its held-out
       rows and read on the other (the default before 2026-12-02);
   other folds: chosen on the mean held-out bound of the other folds, read
-      on the fold's own rows (mi_model.pooled_selected_estimates, the default);
+      on the fold's own rows (mi_model.chosen_in_views, the default);
   other folds, 5 epochs: the same, read as the mean of 5 epochs around the choice;
   other folds, max-min: chosen on the lowest of the other folds' bounds;
   other folds, mean - sd: on their mean less their standard deviation, so
@@ -39,7 +39,6 @@ from bench_accuracy import TASKS, task_file  # noqa: E402
 from known_mi import TASK_MAKERS  # noqa: E402
 
 import mi_main  # noqa: E402
-from mi_model import cross_selected_estimate, pooled_selected_estimates  # noqa: E402
 
 
 def history_of(argv):
@@ -60,6 +59,11 @@ def history_of(argv):
     return captured["history"], summary["candidates"]
 
 
+def read_at_best(choice, reading):
+    """reading at the (epoch, candidate) where choice is highest (NaN where a critic did not train)."""
+    return reading[np.unravel_index(int(np.nanargmax(choice)), choice.shape)]
+
+
 def rule_estimates(history, per_fold):
     """{rule: estimate} of one cross-fitted run."""
     epochs, folds = len(history), history.held_out.shape[1] // per_fold
@@ -69,21 +73,21 @@ def rule_estimates(history, per_fold):
     )
     rules = collections.defaultdict(list)
     for fold in range(folds):
-        rules["halves"].append(cross_selected_estimate(half_a[:, fold], half_b[:, fold])[0])
+        a, b = half_a[:, fold], half_b[:, fold]
+        rules["halves"].append(0.5 * (read_at_best(a, b) + read_at_best(b, a)))
         other_folds = np.delete(bounds, fold, axis=1)  # [epochs, folds - 1, candidates]
         others = other_folds.mean(axis=1)
+        rules["other folds"].append(read_at_best(others, bounds[:, fold]))
         for rule, score in (
             ("other folds, max-min", other_folds.min(axis=1)),
             ("other folds, mean - sd", others - other_folds.std(axis=1, ddof=1)),
         ):
-            epoch, candidate = np.unravel_index(int(np.argmax(score)), score.shape)
-            rules[rule].append(bounds[epoch, fold, candidate])
-        epoch, candidate = np.unravel_index(int(np.argmax(others)), others.shape)
-        rules["other folds, 5 epochs"].append(bounds[max(0, epoch - 2) : epoch + 3, fold, candidate].mean())
-        rules["oracle"].append(bounds[:, fold].max())
+            rules[rule].append(read_at_best(score, bounds[:, fold]))
+        epoch, candidate = np.unravel_index(int(np.nanargmax(others)), others.shape)
+        rules["other folds, 5 epochs"].append(np.nanmean(bounds[max(0, epoch - 2) : epoch + 3, fold, candidate]))
+        rules["oracle"].append(np.nanmax(bounds[:, fold]))
         for k in range(per_fold):
-            rules[f"candidate {k}"].append(bounds[int(np.argmax(others[:, k])), fold, k])
-    rules["other folds"] = pooled_selected_estimates(bounds)[0]
+            rules[f"candidate {k}"].append(read_at_best(others[:, k], bounds[:, fold, k]))
     return {rule: float(np.mean(values)) for rule, values in rules.items()}
 
 

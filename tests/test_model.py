@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import mi_model
+from mi_data_processing import History
 from mi_model import (
     ESTIMATORS,
     MineModel,
-    cross_selected_estimate,
+    Plan,
+    chosen_in_views,
     donsker_varadhan_bound,
     f_divergence_bound,
+    held_out_bounds,
     held_out_stderr,
     log_mean_exp,
-    pooled_selected_estimates,
+    merged_parts,
     split_halves,
     updated_log_moving_average,
     with_averaged_gradient,
@@ -142,29 +146,111 @@ def test_each_critic_has_its_own_bound():
     np.testing.assert_allclose(bound.numpy(), [1.0, 1.0], atol=1e-6)
 
 
-def test_cross_selected_estimate_reads_each_half_at_the_others_best_epoch():
-    bounds_a = np.array([0.1, 0.9, 0.5, 0.4])
-    bounds_b = np.array([0.2, 0.6, 0.3, 0.8])
-    estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
-    assert (best_a, best_b) == ((2, 0), (4, 0))
-    assert estimate == pytest.approx((0.6 + 0.4) / 2)
+def history_of(held_out=None, half_a=None, half_b=None):
+    """A History of held-out bounds [epochs, critics] (the halves' by default the same; training figures zero)."""
+    held_out = np.asarray(held_out if held_out is not None else (np.asarray(half_a) + np.asarray(half_b)) / 2, float)
+    halves = [np.asarray(half if half is not None else held_out, float) for half in (half_a, half_b)]
+    return History(*[np.zeros_like(held_out)] * 3, held_out, *halves)
 
 
-def test_pooled_selection_reads_each_fold_at_the_other_folds_best():
+def plan(folds, per_fold, n_epoch=100, schedule="cosine", margin=0.05, from_epoch=3):
+    return Plan.start(folds, per_fold, n_epoch, schedule, margin, from_epoch)
+
+
+def after_each_epoch(start, history):
+    """The plan after every epoch of the history, as the training loop makes it."""
+    for epochs in range(1, len(history) + 1):
+        start = start.after(history.first(epochs))
+    return start
+
+
+def test_one_split_reads_each_half_at_the_other_halfs_best_epoch():
+    history = history_of(half_a=[[0.1], [0.9], [0.5], [0.4]], half_b=[[0.2], [0.6], [0.3], [0.8]])
+    (read_b, epoch_a, _), (read_a, epoch_b, _) = chosen_in_views(history, plan(1, 1))
+    assert (epoch_a, epoch_b) == (2, 4) and (read_b + read_a) / 2 == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_each_fold_is_read_at_the_other_folds_best_epoch_and_candidate():
     bounds = np.zeros((3, 3, 2))  # [epochs, folds, candidates]
     bounds[1, :, 0] = [0.5, 0.6, 0.7]
     bounds[2, :, 1] = [0.9, 0.8, 0.2]  # best for folds 1 and 2 together, so fold 3 reads it, low as it is there
-    estimates, choices = pooled_selected_estimates(bounds)
-    assert choices == [(2, 0), (2, 0), (3, 1)]
-    assert estimates == pytest.approx([0.5, 0.6, 0.2])
+    chosen = chosen_in_views(history_of(bounds.reshape(3, 6)), plan(3, 2))
+    assert [(epoch, candidate) for _, epoch, candidate in chosen] == [(2, 0), (2, 0), (3, 1)]
+    assert [reading for reading, _, _ in chosen] == pytest.approx([0.5, 0.6, 0.2])
 
 
-def test_cross_selection_over_candidates_picks_epoch_and_critic_on_the_other_half():
-    bounds_a = np.array([[0.1, 0.3], [0.9, 0.2], [0.5, 0.95]])  # [epochs, candidates]
-    bounds_b = np.array([[0.2, 0.7], [0.6, 0.1], [0.3, 0.5]])
-    estimate, best_a, best_b = cross_selected_estimate(bounds_a, bounds_b)
-    assert (best_a, best_b) == ((3, 1), (1, 1))
-    assert estimate == pytest.approx((0.5 + 0.3) / 2)
+def test_one_split_chooses_epoch_and_candidate_on_the_other_half():
+    history = history_of(half_a=[[0.1, 0.3], [0.9, 0.2], [0.5, 0.95]], half_b=[[0.2, 0.7], [0.6, 0.1], [0.3, 0.5]])
+    (read_b, epoch_a, chosen_a), (read_a, epoch_b, chosen_b) = chosen_in_views(history, plan(1, 2))
+    assert ((epoch_a, chosen_a), (epoch_b, chosen_b)) == ((3, 1), (1, 1))
+    assert (read_b + read_a) / 2 == pytest.approx((0.5 + 0.3) / 2)
+
+
+def test_a_view_chooses_among_the_candidates_it_allows():
+    bounds = np.zeros((2, 3, 2))
+    bounds[1, :, 1] = 0.9  # candidate 1 is best everywhere, but fold 1's view has dropped it
+    chosen = chosen_in_views(
+        history_of(bounds.reshape(2, 6)),
+        mi_model.dataclasses.replace(plan(3, 2), allowed=(frozenset({0}), frozenset({0, 1}), frozenset({0, 1}))),
+    )
+    assert [candidate for _, _, candidate in chosen] == [0, 1, 1]
+
+
+def bounds_of(leader, other, epochs=5, folds=3):
+    """Held-out bounds [epochs, folds * 2], the same every epoch: candidate 0's on each fold, then candidate 1's."""
+    bounds = np.zeros((epochs, folds, 2))
+    bounds[:, :, 0], bounds[:, :, 1] = leader, other
+    return history_of(bounds.reshape(epochs, -1))
+
+
+def test_a_candidate_behind_on_every_other_fold_by_the_margin_stops_from_the_epoch_set():
+    later = after_each_epoch(plan(3, 2), bounds_of(0.5, [0.4, 0.3, 0.44]))
+    assert later.candidates == [0] and later.dropped == ((1, 3),) and later.critic_ids == [0, 2, 4]
+    assert plan(3, 2).after(bounds_of(0.5, 0.3, epochs=2)).candidates == [0, 1]  # not before from_epoch
+
+
+def test_a_candidate_within_the_margin_or_ahead_on_one_fold_goes_on():
+    assert after_each_epoch(plan(3, 2), bounds_of(0.5, 0.47)).candidates == [0, 1]
+    mixed = after_each_epoch(plan(3, 2), bounds_of([0.5, 0.5, 0.3], [0.3, 0.3, 0.5]))
+    assert mixed.candidates == [0, 1]  # each fold's view sees the other two disagree
+    assert after_each_epoch(plan(1, 2), bounds_of(0.5, 0.1, folds=1)).candidates == [0, 1]  # no other fold
+
+
+def test_the_learning_rate_follows_a_cosine_over_exactly_n_epoch():
+    fixed = plan(1, 1, n_epoch=4)
+    assert fixed.next_factors() == pytest.approx((1.0, 0.5 * (1 + np.cos(np.pi / 4))))
+    for epochs in range(1, 4):
+        fixed = fixed.after(history_of(np.full((epochs, 1), 0.3)))
+        assert not fixed.finished()
+    assert fixed.next_factors() == pytest.approx((0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0))
+    assert fixed.after(history_of(np.full((4, 1), 0.3))).finished()
+    assert plan(1, 1, schedule="constant").next_factors() == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_parts_merged_slice_by_slice_are_those_of_the_whole(estimator):
+    model = MineModel(estimator=estimator, critics=2)
+    scores = tf.random.stateless_normal([2, 10, 1], seed=[3, 4]) * 3.0
+    marginal = tf.random.stateless_normal([2, 10, 1], seed=[5, 6]) * 3.0
+    _, joint_whole, marginal_whole = model.bound(scores, marginal)
+    parts = (tf.zeros([2]), tf.zeros([2]), tf.zeros([2]))
+    for first, last in ((0, 3), (3, 3), (3, 10)):  # an empty slice too
+        mask = tf.tile(tf.cast((tf.range(10) >= first) & (tf.range(10) < last), tf.float32)[None], [2, 1])
+        _, joint_part, marginal_part = model.bound(scores, marginal, mask)
+        parts = merged_parts(parts, (tf.reduce_sum(mask, 1), joint_part, marginal_part), estimator)
+    np.testing.assert_allclose(parts[0].numpy(), [10, 10])
+    np.testing.assert_allclose(parts[1].numpy(), joint_whole.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(parts[2].numpy(), marginal_whole.numpy(), rtol=1e-5)
+
+
+def test_the_held_out_reading_in_slices_equals_one_reading(monkeypatch):
+    model = MineModel(10, 1, 16, 1, critics=2, seed=0)
+    rows = tf.random.stateless_normal([2, 2, 37, 22], seed=[1, 2])
+    halves = (rows, tf.constant([[37, 30], [20, 36]]))
+    arguments = (halves, 7, 3, 4, 1, tf.constant([4, 9]))
+    whole = held_out_bounds(model, *arguments).numpy()
+    monkeypatch.setattr(mi_model, "EVAL_ROWS", 8)
+    np.testing.assert_allclose(held_out_bounds(model, *arguments).numpy(), whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ["mine", "mine_f"])
