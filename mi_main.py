@@ -76,7 +76,7 @@ from mi_data_processing import (  # isort: skip
 import tensorflow as tf
 
 from mi_layers import ACTIVATIONS, training_flops_per_row
-from mi_model import ESTIMATORS, MineModel, chosen_critics_stderr, chosen_estimate, held_out_bounds
+from mi_model import ESTIMATORS, MineModel, Plan, chosen_critics_stderr, chosen_estimate, held_out_bounds
 
 
 # The settings: every default of a run, and what each one belongs to
@@ -232,13 +232,12 @@ class Config:
         above=0,
         adapts="unless given",
     )
-    lr: float = setting(0.003, "learning rate", "training", above=0, program=True)
+    lr: float = setting(0.003, "learning rate", "training", above=0)
     lr_schedule: str = setting(
         "cosine",
         "cosine: --lr decays to 0 over the run, so the last epochs' weights settle; constant: the reference's",
         "training",
         choices=("cosine", "constant"),
-        program=True,
     )
     optimizer: str = setting(
         "adam", "sgd is the reference's", "training", choices=("adam", "sgd"), program=True, resume=True
@@ -305,6 +304,11 @@ class Config:
     # training rows. More rows buy fewer epochs, not more time.
     STEP_BUDGET: ClassVar[int] = 3200
     TRANSFORM_SAMPLE: ClassVar[int] = 100_000  # training rows the input map is fitted on when streaming
+    # A candidate stops training, from epoch DROP_FROM_EPOCH on, once it is behind the leader on every other fold
+    # by more than DROP_MARGIN nats (mi_model.Plan). A smaller margin, a leader-only rung or a run length that
+    # adapts cost sparse and additive-noise tasks more than 0.01 nats (tests/BENCHMARKS.md).
+    DROP_MARGIN: ClassVar[float] = 0.05
+    DROP_FROM_EPOCH: ClassVar[int] = 10
     ESTIMATE_OUTPUT_DIR: ClassVar[str | None] = None  # estimate()'s output_dir: None writes nothing anywhere
 
     def __post_init__(self) -> None:
@@ -385,21 +389,33 @@ def make_train_step(model: MineModel, optimizer: tf.keras.optimizers.Optimizer) 
 
 # The training loop
 def train(config: Config, data: TrainingData, run: RunState, stop: StopRequest) -> Outcome:
-    """Epoch after epoch until config.n_epoch, a non-finite loss or a stop
-    request: each epoch trains every critic on its rows, reads its bound on
-    its held-out rows, logs a line (or a progress bar step) and TensorBoard
-    scalars, and saves a checkpoint when one is due."""
-    history, epoch_seconds, rows_per_epoch, diverged_in = run.history, [], [], None
+    """Epoch after epoch until --n_epoch, a non-finite loss or a stop
+    request: each epoch trains every critic still training on its rows,
+    reads its bound on its held-out rows, logs a line (or a progress bar
+    step) and TensorBoard scalars; then the plan reads the held-out bounds
+    (mi_model.Plan: the candidates that stop, in a smaller stack from the
+    next epoch), and a checkpoint is saved when one is due."""
+    history, plan, compiled, epoch_seconds, rows_per_epoch, diverged_in = (
+        run.history,
+        run.plan,
+        run.compiled,
+        [],
+        [],
+        None,
+    )
     progress = None
     if sys.stdout.isatty() and not config.quiet:
-        progress = tf.keras.utils.Progbar(config.n_epoch, stateful_metrics=["train", "held-out", "rows/s"])
+        progress = tf.keras.utils.Progbar(plan.n_epoch, stateful_metrics=["train", "held-out", "rows/s"])
+    chunks_of, halves, fresh = data.epochs(plan.epochs, plan.critic_ids), halves_of(run.halves, plan.critic_ids), True
     train_start = last_save = time.perf_counter()
-    for epoch, chunks in enumerate(data.epochs(run.first_epoch), run.first_epoch + 1):
-        epoch_start = time.perf_counter()
+    while not plan.finished():
+        epoch, ids, epoch_start = plan.epochs + 1, plan.critic_ids, time.perf_counter()
+        start, end = plan.next_factors()
+        compiled.set_learning_rate(config.lr * start, config.lr * end, -(-data.rows_per_epoch // config.batch_size))
         # The epoch's steps, then each critic's bound on its held-out rows, in one compiled call (two would compile
-        # and dispatch twice). The first epoch compiles, or loads from XLA's cache, which logs noise on stderr.
-        with tensorflow_log_filtered(CACHE_LOAD_NOISE) if epoch == run.first_epoch + 1 else contextlib.nullcontext():
-            training, held_out, rows_trained = run.compiled.train_epoch(chunks, run.halves, config.seed, epoch)
+        # and dispatch twice). A new stack compiles, or loads from XLA's cache, which logs noise on stderr.
+        with tensorflow_log_filtered(CACHE_LOAD_NOISE) if fresh else contextlib.nullcontext():
+            training, held_out, rows_trained = compiled.train_epoch(next(chunks_of), halves, config.seed, epoch, ids)
         if not np.isfinite(training).all():
             # A non-finite loss or gradient poisons every later step of the epoch: nothing of it is kept, and the
             # last checkpoint stays.
@@ -407,25 +423,59 @@ def train(config: Config, data: TrainingData, run: RunState, stop: StopRequest) 
             break
         epoch_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
-        history = history.appended(training, held_out)
-        report_epoch(config, run, progress, epoch, history, rows_trained / epoch_seconds[-1], epoch_start)
-        if run.checkpoint and checkpoint_due(config, epoch, stop.signal is not None, last_save):
-            run.checkpoint.save(epoch, history)
+        history = history.appended(training, held_out, ids)
+        report_epoch(config, run, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
+        plan, fresh = plan.after(history), False
+        if plan.critic_ids != ids:  # candidates dropped: their critics are done, the others go on in a smaller stack
+            compiled = smaller_stack(config, run, data, compiled, ids, plan)
+            chunks_of, halves, fresh = data.epochs(epoch, plan.critic_ids), halves_of(run.halves, plan.critic_ids), True
+        if run.checkpoint and checkpoint_due(config, epoch, stop.signal is not None, last_save, plan):
+            run.checkpoint.save(epoch, history, compiled)
             last_save = time.perf_counter()
         if stop.signal is not None:
             break
     run.summaries.close()
     status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
-    return Outcome(history, epoch_seconds, rows_per_epoch, diverged_in, time.perf_counter() - train_start, status)
+    train_seconds = time.perf_counter() - train_start
+    return Outcome(history, plan, compiled, epoch_seconds, rows_per_epoch, diverged_in, train_seconds, status)
 
 
-def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float) -> bool:
+def smaller_stack(
+    config: Config, run: RunState, data: TrainingData, compiled: CompiledCritics, ids: list[int], plan: Plan
+) -> CompiledCritics:
+    """The critics plan.critic_ids in a stack of their own, continuing from
+    `compiled` (whose critics are ids): the critics the plan dropped are
+    done, and their models are saved now (they train no more)."""
+    kept = plan.critic_ids
+    smaller = compiled_critics(program_of(config, plan), len(kept), compiled.strategy, config.seed)
+    smaller.take_over(compiled, [ids.index(critic) for critic in kept])
+    for position, critic in enumerate(ids):
+        if critic not in kept and run.output_dirs:
+            model = compiled.model if compiled.critics == 1 else compiled.model.critic(position)
+            transform = config.candidates[critic % len(config.candidates)].transform
+            save_critic(run.output_dirs[critic], model, transform, data.transform_parameters[critic])
+    return smaller
+
+
+def halves_of(halves: tuple[tf.Tensor, tf.Tensor] | None, critic_ids: list[int]) -> tuple[tf.Tensor, tf.Tensor] | None:
+    """The held-out halves (stacked_halves) of the critics critic_ids."""
+    return None if halves is None else (tf.gather(halves[0], critic_ids), tf.gather(halves[1], critic_ids))
+
+
+def program_of(config: Config, plan: Plan) -> Program:
+    """The program of the candidates the plan still trains."""
+    candidates = tuple(config.candidates[candidate] for candidate in plan.candidates)
+    # Program's fields are made at run time, out of mypy's sight
+    return config.program._replace(candidates=candidates)  # type: ignore[call-arg]
+
+
+def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float, plan: Plan) -> bool:
     """Whether an epoch ends with a checkpoint: every checkpoint_every epochs,
     at most one per checkpoint_seconds, and always after the last epoch or a
     stop request; never with checkpoint_every 0."""
     if not config.checkpoint_every:
         return False
-    if epoch == config.n_epoch or stopping:
+    if plan.finished() or stopping:
         return True
     return epoch % config.checkpoint_every == 0 and time.perf_counter() - last_save >= config.checkpoint_seconds
 
@@ -433,32 +483,42 @@ def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float)
 def report_epoch(
     config: Config,
     run: RunState,
+    compiled: CompiledCritics,
+    plan: Plan,
     progress: tf.keras.utils.Progbar | None,
-    epoch: int,
     history: History,
     rows_per_second: float,
     epoch_start: float,
 ) -> None:
-    """An epoch's TensorBoard scalars, and its progress bar step or line, from the critics' means."""
+    """An epoch's TensorBoard scalars, and its progress bar step or line,
+    from the means of the critics that trained."""
+    epoch = len(history)
     bound, joint_part, marginal_part, held_out_bound = (
-        float(figures[-1].mean()) for figures in (history.training, history.joint, history.marginal, history.held_out)
+        trained_mean(figures[-1]) for figures in (history.training, history.joint, history.marginal, history.held_out)
     )
     scalars = {"estimate/training_rows": bound, "parts/joint": joint_part, "parts/marginal": marginal_part}
     if run.halves is not None:
         scalars["estimate/held_out"] = held_out_bound
-    if run.compiled.critics > 1:
-        scalars |= {f"folds/held_out_{k + 1}": value for k, value in enumerate(history.held_out[-1])}
-    scalars |= {"speed/rows_per_second": rows_per_second, "learning_rate": float(run.compiled.optimizer.learning_rate)}
+    if history.held_out.shape[1] > 1:
+        scalars |= {f"folds/held_out_{k + 1}": value for k, value in enumerate(history.held_out[-1]) if value == value}
+        scalars |= {f"candidates/{name.name}": float(c in plan.candidates) for c, name in enumerate(config.candidates)}
+    scalars |= {"speed/rows_per_second": rows_per_second, "learning_rate": float(compiled.optimizer.learning_rate)}
     run.summaries.write(epoch, scalars)
     if progress:
         progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
     elif not config.quiet:
         print(
-            f"epoch {epoch:4d}/{config.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
+            f"epoch {epoch:4d}/{plan.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
             f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
             f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
             flush=True,
         )
+
+
+def trained_mean(values: np.ndarray) -> float:
+    """The mean over the critics that trained (the others are NaN); NaN if none did."""
+    trained = values[~np.isnan(values)]
+    return float(trained.mean()) if trained.size else float("nan")
 
 
 # The compiled critics: the model, its optimizer and the TensorFlow functions that train and read them
@@ -479,37 +539,67 @@ def make_model(program: Program, critics: int, seed: int | None = None) -> MineM
     )
 
 
-def make_optimizer(program: Program, total_steps: int, critics: int = 1) -> tf.keras.optimizers.Optimizer:
-    """The optimizer of `critics` critics, critic k being candidate k % candidates. Each candidate's weight
-    decay is decoupled, as in AdamW: Keras multiplies every weight by 1 - decay * learning rate each step,
-    and a [critics, 1, 1] array of decays broadcasts over the stacked kernels and biases, one per critic."""
-    learning_rate = program.lr
-    if program.lr_schedule == "cosine":
-        learning_rate = tf.keras.optimizers.schedules.CosineDecay(program.lr, total_steps)
+class EpochSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """Each step's learning rate, computed in the graph from variables that
+    the host sets before every epoch (set): linear from `start` at step
+    first_step to `end` `steps` steps later. Every schedule (a cosine over
+    any number of epochs, a constant) and rate then runs in one compiled
+    program, and XLA's disk cache holds one program, not one per run
+    length (the Keras cosine made the length a constant of the program)."""
+
+    def __init__(self) -> None:
+        self.first_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.steps = tf.Variable(1.0, trainable=False)
+        self.start = tf.Variable(0.0, trainable=False)
+        self.end = tf.Variable(0.0, trainable=False)
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        progress = tf.cast(tf.cast(step, tf.int64) - self.first_step, tf.float32) / self.steps
+        return self.start + (self.end - self.start) * tf.clip_by_value(progress, 0.0, 1.0)
+
+    def set(self, first_step: int, steps: int, start: float, end: float) -> None:
+        for variable, value in (
+            (self.first_step, first_step),
+            (self.steps, steps),
+            (self.start, start),
+            (self.end, end),
+        ):
+            variable.assign(value)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+def make_optimizer(program: Program, schedule: EpochSchedule, critics: int = 1) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of `critics` critics, critic k being candidate k % candidates, its learning rate the
+    schedule's. Each candidate's weight decay is decoupled, as in AdamW: Keras multiplies every weight by
+    1 - decay * learning rate each step, and a [critics, 1, 1] array of decays broadcasts over the stacked
+    kernels and biases, one per critic."""
     decays = [candidate.weight_decay for candidate in program.candidates]
     weight_decay = None
     if any(decays):
         per_critic = [decays[k % len(decays)] for k in range(critics)]
         weight_decay = per_critic[0] if critics == 1 else np.array(per_critic, np.float32).reshape(-1, 1, 1)
     if program.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate, weight_decay=weight_decay)
-    return tf.keras.optimizers.Adam(learning_rate, beta_2=program.adam_beta_2, weight_decay=weight_decay)
+        return tf.keras.optimizers.SGD(schedule, weight_decay=weight_decay)
+    return tf.keras.optimizers.Adam(schedule, beta_2=program.adam_beta_2, weight_decay=weight_decay)
 
 
 class CompiledCritics:
     """The critics' model and optimizer, built from a Program on a strategy,
     and the TensorFlow functions that train and read them, each traced (and
     compiled with XLA when program.jit) on first use: one or two calls an
-    epoch, whatever the number of critics."""
+    epoch, whatever the number of critics. The functions take the ids of
+    the critics in the stack: a critic's random draws follow from its id
+    (mi_data_processing.critic_draws), whichever others share its stack."""
 
-    def __init__(
-        self, program: Program, critics: int, total_steps: int, strategy: tf.distribute.Strategy, seed: int | None
-    ):
+    def __init__(self, program: Program, critics: int, strategy: tf.distribute.Strategy, seed: int | None):
         self.program, self.critics, self.strategy = program, critics, strategy
         self.replicated = strategy.num_replicas_in_sync > 1
         with strategy.scope():
             self.model = make_model(program, critics, seed)
-            self.optimizer = make_optimizer(program, total_steps, critics)
+            self.schedule = EpochSchedule()
+            self.optimizer = make_optimizer(program, self.schedule, critics)
             self.optimizer.build(self.model.trainable_variables)
         self.initial_optimizer_state = [variable.numpy() for variable in self.optimizer.variables]
         self.train_step = make_train_step(self.model, self.optimizer)
@@ -523,20 +613,26 @@ class CompiledCritics:
         self.replicated_steps = tf.function(functools.partial(CompiledCritics.steps_on_replicas, self), autograph=False)
         self.read_held_out = tf.function(functools.partial(CompiledCritics.held_out_bounds, self), autograph=False)
 
+    def set_learning_rate(self, start: float, end: float, steps: int) -> None:
+        """The learning rate of the next `steps` steps: from start to end, linearly."""
+        self.schedule.set(int(self.optimizer.iterations.numpy()), steps, start, end)
+
     def train_epoch(
         self,
         chunks: Iterable[tuple[tf.Tensor, tf.Tensor]],
         halves: tuple[tf.Tensor, tf.Tensor] | None,
         seed: int,
         epoch: int,
+        critic_ids: list[int],
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """One epoch: the steps of every chunk (one in memory, one per window
-        when streamed), the call of the last chunk also reading each critic's
-        bound on its held-out halves. Returns the row-weighted means [critics,
-        3] of (bound, joint_part, marginal_part) over the epoch's steps, the
-        held-out bounds [critics, 2] (NaN without held-out rows) and the rows
-        trained, all critics together."""
-        seed, epoch = tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64)
+        """One epoch of the critics critic_ids: the steps of every chunk (one
+        in memory, or one per CHUNK_ROWS rows; one per window when
+        streamed), the call of the last chunk also reading each critic's
+        bound on its held-out halves. Returns the row-weighted means
+        [critics, 3] of (bound, joint_part, marginal_part) over the epoch's
+        steps, the held-out bounds [critics, 2] (NaN without held-out rows)
+        and the rows trained, all critics together."""
+        seed, epoch, ids = tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64), tf.constant(critic_ids, tf.int32)
         totals, rows_trained, held_out = np.zeros((self.critics, 3)), 0, None
         chunks = iter(chunks)
         upcoming: tuple[tf.Tensor, tf.Tensor] | None = next(chunks)
@@ -545,7 +641,7 @@ class CompiledCritics:
             if self.replicated:
                 means = self.replicated_steps(split_for_replicas(self.strategy, batches), batch_rows, batches.shape[2])
             elif upcoming is None and halves is not None:  # the epoch's last chunk: read in the same call
-                means, held_out = self.compiled_steps(batches, batch_rows, halves, seed, epoch)
+                means, held_out = self.compiled_steps(batches, batch_rows, halves, seed, epoch, ids)
             else:
                 means = self.compiled_steps(batches, batch_rows)
             rows = int(np.sum(batch_rows))
@@ -553,7 +649,9 @@ class CompiledCritics:
             rows_trained += rows
         if held_out is None:
             held_out = (
-                self.read_held_out(halves, seed, epoch) if halves is not None else np.full((self.critics, 2), np.nan)
+                self.read_held_out(halves, seed, epoch, ids)
+                if halves is not None
+                else np.full((self.critics, 2), np.nan)
             )
         return totals / rows_trained, np.asarray(held_out, dtype=np.float64), rows_trained * self.critics
 
@@ -564,13 +662,15 @@ class CompiledCritics:
         halves: tuple | None = None,
         seed: Any = None,
         epoch: Any = None,
+        critic_ids: Any = None,
     ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
         """Every step of a chunk, batches [critics, steps, batch_size,
         columns] of which the first batch_rows[step] rows of each step are
         real, in one graph loop: a plain tf.while_loop, so that no AutoGraph
         conversion costs the first epoch about 0.5 s. Returns the row-weighted
         means [critics, 3] of (bound, joint_part, marginal_part); given the
-        held-out halves, also the bounds on them [critics, 2]."""
+        held-out halves (and the critics' ids), also the bounds on them
+        [critics, 2]."""
         critics, steps, batch_size = batches.shape[:3]
 
         def one_step(step, totals):
@@ -580,7 +680,7 @@ class CompiledCritics:
 
         _, totals = tf.while_loop(lambda step, _: step < steps, one_step, (tf.constant(0), tf.zeros([critics, 3])))
         means = totals / tf.cast(tf.reduce_sum(batch_rows), tf.float32)
-        return means if halves is None else (means, self.held_out_bounds(halves, seed, epoch))
+        return means if halves is None else (means, self.held_out_bounds(halves, seed, epoch, critic_ids))
 
     def steps_on_replicas(self, shares: Any, batch_rows: tf.Tensor, batch_size: int) -> tf.Tensor:
         """steps for several replicas (one critic): each step runs on every
@@ -603,10 +703,18 @@ class CompiledCritics:
         _, totals = tf.while_loop(lambda step, _: step < steps, one_step, (tf.constant(0), tf.zeros([1, 3])))
         return totals / tf.cast(tf.reduce_sum(batch_rows), tf.float32)
 
-    def held_out_bounds(self, halves: tuple[tf.Tensor, tf.Tensor], seed: Any, epoch: Any) -> tf.Tensor:
+    def held_out_bounds(self, halves: tuple[tf.Tensor, tf.Tensor], seed: Any, epoch: Any, critic_ids: Any) -> tf.Tensor:
         """Each critic's bound on each of its held-out halves, [critics, 2]."""
         program = self.program
-        return held_out_bounds(self.model, halves, seed, epoch, program.eval_passes, program.resampled_latent_dim)
+        return held_out_bounds(
+            self.model,
+            halves,
+            seed,
+            epoch,
+            program.eval_passes,
+            program.resampled_latent_dim,
+            critic_ids,
+        )
 
     def reset(self, initial_weights: list[np.ndarray]) -> None:
         """Back to the start of a run: the given weights, a fresh optimizer."""
@@ -614,23 +722,34 @@ class CompiledCritics:
         for variable, value in zip(self.optimizer.variables, self.initial_optimizer_state, strict=True):
             variable.assign(value)
 
+    def take_over(self, previous: CompiledCritics, kept: list[int]) -> None:
+        """Continue the critics at positions `kept` of a larger stack: their
+        weights, moving averages and optimizer state, as they stand (the
+        variables of both come in the same order, each critic's on the
+        first axis; a one-critic stack drops that axis)."""
+        pairs = [
+            *zip(previous.model.weights, self.model.weights, strict=True),
+            *zip(previous.optimizer.variables, self.optimizer.variables, strict=True),
+        ]
+        for old, new in pairs:
+            value = old.numpy()
+            new.assign(value if value.shape == tuple(new.shape) else value[kept].reshape(new.shape))
+
 
 # Every run in a process (notebooks, sweeps, the benchmarks) reuses the CompiledCritics of a program it has
 # seen: a new model would trace and compile its functions anew, and TensorFlow keeps every compiled function for
 # the life of the process (about 80 MB a run; tests/BENCHMARKS.md, "Many runs in one process").
-COMPILED_CRITICS: dict[tuple[Program, int, int], CompiledCritics] = {}
+COMPILED_CRITICS: dict[tuple[Program, int], CompiledCritics] = {}
 
 
-def compiled_critics(
-    program: Program, critics: int, total_steps: int, strategy: tf.distribute.Strategy, seed: int
-) -> CompiledCritics:
-    """The CompiledCritics of (program, critics, total_steps), with this
-    seed's initial weights, made or taken from COMPILED_CRITICS."""
+def compiled_critics(program: Program, critics: int, strategy: tf.distribute.Strategy, seed: int) -> CompiledCritics:
+    """The CompiledCritics of (program, critics), with this seed's initial
+    weights, made or taken from COMPILED_CRITICS."""
     if strategy.num_replicas_in_sync > 1:  # a replicated model's variables belong to its strategy: not kept
-        return CompiledCritics(program, critics, total_steps, strategy, seed)
-    key = (program, critics, total_steps)
+        return CompiledCritics(program, critics, strategy, seed)
+    key = (program, critics)
     if key not in COMPILED_CRITICS:
-        COMPILED_CRITICS[key] = CompiledCritics(program, critics, total_steps, strategy, seed)
+        COMPILED_CRITICS[key] = CompiledCritics(program, critics, strategy, seed)
     else:  # made for another seed: this seed's initial weights, a fresh optimizer
         COMPILED_CRITICS[key].reset(make_model(program, critics, seed).get_weights())
     return COMPILED_CRITICS[key]
@@ -690,16 +809,19 @@ def split_for_replicas(strategy: tf.distribute.Strategy, batches: tf.Tensor) -> 
 # A prepared run: its compiled critics, checkpoint and TensorBoard events
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """A run's checkpoints: the critics' weights and optimizer, the epochs
-    completed and the history so far, all a resumed run needs to continue as
-    if never stopped (the shuffles are fixed by (seed, epoch), so the epoch
-    stands for the random state)."""
+    """A run's checkpoints: the weights and optimizer of the critics still
+    training, the epochs completed and the history so far, all a resumed run
+    needs to continue as if never stopped: the shuffles are fixed by (seed,
+    epoch), so the epoch stands for the random state, and the plan's
+    decisions follow from the history (Plan.after, replayed)."""
 
     manager: tf.train.CheckpointManager
+    checkpoint: tf.train.Checkpoint
     epoch: tf.Variable
     history: tf.Variable  # History.figures, [epochs, critics * fields]
 
-    def save(self, epoch: int, history: History) -> None:
+    def save(self, epoch: int, history: History, compiled: CompiledCritics) -> None:
+        self.checkpoint.critics = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer)
         self.epoch.assign(epoch)
         self.history.assign(history.figures().reshape(len(history), -1))
         self.manager.save(checkpoint_number=epoch)
@@ -732,10 +854,11 @@ class EpochSummaries:
 class RunState:
     """What the training loop and the outputs need of a prepared run."""
 
-    compiled: CompiledCritics
+    compiled: CompiledCritics  # the critics the plan trains at first
+    plan: Plan
     output_dirs: list[str]  # each critic's, fold-major (critic f * candidates + c); none without --output_dir
     truth: float | None  # the input's true MI, where its description gives one
-    halves: tuple[tf.Tensor, tf.Tensor] | None  # stacked_halves of the held-out rows
+    halves: tuple[tf.Tensor, tf.Tensor] | None  # stacked_halves of every critic's held-out rows
     first_epoch: int  # epochs completed before this process: those of a resumed checkpoint
     history: History
     checkpoint: Checkpoint | None
@@ -745,10 +868,13 @@ class RunState:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What the training loop did: the history, the seconds and rows of each
-    epoch this process trained, and how it ended."""
+    """What the training loop did: the history, the plan and the critics at
+    its end, the seconds and rows of each epoch this process trained, and how
+    it ended."""
 
     history: History
+    plan: Plan
+    compiled: CompiledCritics
     epoch_seconds: list[float]
     rows_per_epoch: list[int]
     diverged_in: int | None
@@ -757,24 +883,32 @@ class Outcome:
 
 
 def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData, arrays: Any = None) -> RunState:
-    """Everything before the first epoch: directories, the compiled critics,
-    the checkpoint (restored with --resume), TensorBoard and the start line.
-    Without an output directory (estimate()'s default) nothing is written:
-    no checkpoint, and TensorBoard only to an explicit --logdir."""
+    """Everything before the first epoch: directories, the plan, the
+    compiled critics, the checkpoint (restored with --resume), TensorBoard
+    and the start line. Without an output directory (estimate()'s default)
+    nothing is written: no checkpoint, and TensorBoard only to an explicit
+    --logdir."""
     output_dirs, identity = output_folders(config, data.critics, arrays)
-    total_steps = config.n_epoch * -(-data.rows_per_epoch // config.batch_size)
-    compiled = compiled_critics(config.program, data.critics, total_steps, strategy, config.seed)
-    checkpoint, first_epoch, history = open_checkpoint(config, compiled, identity)
+    drop = config.DROP_MARGIN, config.DROP_FROM_EPOCH
+    plan = Plan.start(config.folds, len(config.candidates), config.n_epoch, config.lr_schedule, *drop)
+    history = History.empty(data.critics)
+    if config.resume:  # the plan's decisions replayed on the saved history: the critics that were still training
+        history = saved_history(config, data.critics)
+        for epochs in range(1, len(history) + 1):
+            plan = plan.after(history.first(epochs))
+    compiled = compiled_critics(program_of(config, plan), len(plan.critic_ids), strategy, config.seed)
+    checkpoint = open_checkpoint(config, compiled, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     run = RunState(
         compiled=compiled,
+        plan=plan,
         output_dirs=output_dirs,
         truth=(read_sidecar(config.input) or {}).get("true_mi_nats") if config.input is not None else None,
         halves=stacked_halves(data.held_out_rows),
-        first_epoch=first_epoch,
+        first_epoch=len(history),
         history=history,
         checkpoint=checkpoint,
-        summaries=EpochSummaries(logdir, flags_file_text(config), first_epoch),
+        summaries=EpochSummaries(logdir, flags_file_text(config), len(history)),
         flops_per_row=training_flops_per_row(config.data_dim + config.latent_dim, config.hid_width, config.out_width),
     )
     if not config.quiet:
@@ -812,27 +946,43 @@ def critic_folders(candidates: tuple[Candidate, ...], folds: int) -> list[str]:
     return folders
 
 
+def checkpoint_variables(critics: int) -> tuple[tf.Variable, tf.Variable]:
+    """The variables of the epochs completed and of the history of `critics` critics, as checkpoints hold them."""
+    width = critics * History.WIDTH
+    return (
+        tf.Variable(0, dtype=tf.int64),
+        tf.Variable(np.zeros((0, width)), shape=tf.TensorShape([None, width]), dtype=tf.float64),
+    )
+
+
+def saved_history(config: Config, critics: int) -> History:
+    """The history in the latest checkpoint of --output_dir (check_resumable saw that there is one)."""
+    assert config.output_dir is not None
+    epoch, history = checkpoint_variables(critics)
+    latest = tf.train.latest_checkpoint(os.path.join(config.output_dir, CHECKPOINT_DIR))
+    tf.train.Checkpoint(epoch=epoch, history=history).read(latest).expect_partial()
+    return History.of_figures(history.numpy().reshape(-1, critics, History.WIDTH))
+
+
 def open_checkpoint(
-    config: Config, compiled: CompiledCritics, identity: dict | None
-) -> tuple[Checkpoint | None, int, History]:
-    """(the run's Checkpoint, epochs completed, history so far): restored
-    with --resume, else the run's identity recorded beside the first.
-    identity None: no checkpoint at all."""
+    config: Config, compiled: CompiledCritics, identity: dict | None, critics: int
+) -> Checkpoint | None:
+    """The run's Checkpoint, the critics' weights and optimizer restored with
+    --resume, else the run's identity recorded beside the first. identity
+    None: no checkpoint at all."""
     if identity is None or config.output_dir is None:
-        return None, 0, History.empty(compiled.critics)
+        return None
     checkpoint_dir = os.path.join(config.output_dir, CHECKPOINT_DIR)
-    width = compiled.critics * History.WIDTH
-    epoch = tf.Variable(0, dtype=tf.int64)
-    history = tf.Variable(np.zeros((0, width)), shape=tf.TensorShape([None, width]), dtype=tf.float64)
-    checkpoint = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer, epoch=epoch, history=history)
+    epoch, history = checkpoint_variables(critics)
+    stack = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer)
+    checkpoint = tf.train.Checkpoint(critics=stack, epoch=epoch, history=history)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints)
     if config.resume:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     else:
         os.makedirs(checkpoint_dir, exist_ok=True)
         save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
-    saved = History.of_figures(history.numpy().reshape(-1, compiled.critics, History.WIDTH))
-    return Checkpoint(manager, epoch, history), int(epoch), saved
+    return Checkpoint(manager, checkpoint, epoch, history)
 
 
 def stacked_halves(held_out_rows: list[np.ndarray]) -> tuple[tf.Tensor, tf.Tensor] | None:
@@ -854,7 +1004,7 @@ def start_line(config: Config, run: RunState, data: TrainingData) -> str:
     def span(counts):
         return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
 
-    critics, candidates = run.compiled.critics, config.candidates
+    critics, candidates = data.critics, config.candidates
     folds = critics // len(candidates)
     rows_text = (
         f"{data.training_counts[0]} training rows, {held_out_counts[0]} held out"
@@ -1003,9 +1153,8 @@ def evaluate_only(config: Config, critic_path: str, arrays: Any = None) -> dict:
     rows = make_transform(kind, parameters, model.sample_width)(rows)
     program = config.program
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
-    bound = float(
-        held_out_bounds(model, every_row, config.seed, 0, program.eval_passes, program.resampled_latent_dim)[0, 0]
-    )
+    passes, resample = program.eval_passes, program.resampled_latent_dim
+    bound = float(held_out_bounds(model, every_row, config.seed, 0, passes, resample, tf.constant([0]))[0, 0])
     print(
         f"bound of {critic_path} on {config.input_name}: {bound:.4f} nats ({len(rows)} rows, "
         f"{program.eval_passes} marginal pairings)"
@@ -1017,21 +1166,24 @@ def write_outputs(config: Config, run: RunState, data: TrainingData, outcome: Ou
     """The estimate and its files (nothing without an output directory);
     prints the final line of a completed run and returns the summary, its
     status saying whether the run completed, diverged or was interrupted."""
-    program = config.program
+    program, plan = config.program, outcome.plan
 
-    def stderr_of(chosen: list[int]) -> float:
+    def stderr_of(chosen: list[int]) -> float:  # of one split's chosen candidates, at the final stack's weights
         return chosen_critics_stderr(
-            run.compiled.model,
-            data.held_out_rows,
-            chosen,
+            outcome.compiled.model,
+            [data.held_out_rows[critic] for critic in plan.critic_ids],
+            [plan.candidates.index(candidate) for candidate in chosen],
             config.seed,
             program.eval_passes,
             program.resampled_latent_dim,
             config.estimator,
+            plan.critic_ids,
         )
 
     names = [candidate.name for candidate in config.candidates]
-    estimate_fields, winners = chosen_estimate(outcome.history, names, stderr_of if run.halves is not None else None)
+    estimate_fields, winners = chosen_estimate(
+        outcome.history, names, plan, stderr_of if run.halves is not None else None
+    )
     if config.output_dir is not None:
         save_run_files(config.output_dir, config, run, data, outcome)
     summary = run_summary(config, run, data, outcome, stop, estimate_fields)
@@ -1050,15 +1202,17 @@ def save_run_files(top: str, config: Config, run: RunState, data: TrainingData, 
     """The per-epoch files of each critic, of each fold's mean over its
     candidates and, at the top, of the critics' mean; each critic's model
     and input map (but after a divergence)."""
-    history, critics, has_held_out = outcome.history, run.compiled.critics, run.halves is not None
-    per_fold = len(config.candidates)
+    history, critics, has_held_out = outcome.history, data.critics, run.halves is not None
+    per_fold, stack = len(config.candidates), outcome.compiled
     try:
         for k, output_dir in enumerate(run.output_dirs):
             if critics > 1:
                 save_curves(output_dir, history.of_critics(k, k + 1), has_held_out, config.plot, run.truth)
-            if outcome.status != "diverged":
-                critic = run.compiled.model if critics == 1 else run.compiled.model.critic(k)
-                save_critic(output_dir, critic, config.candidates[k % per_fold].transform, data.transform_parameters[k])
+        if outcome.status != "diverged":  # the critics trained to the end (those dropped were saved then)
+            for position, k in enumerate(outcome.plan.critic_ids):
+                critic = stack.model if stack.critics == 1 else stack.model.critic(position)
+                transform = config.candidates[k % per_fold].transform
+                save_critic(run.output_dirs[k], critic, transform, data.transform_parameters[k])
         if critics > per_fold > 1:  # each fold's own mean over its candidates
             for fold in range(critics // per_fold):
                 fold_dir = os.path.join(top, f"fold-{fold + 1}")
@@ -1082,8 +1236,7 @@ def run_summary(
     config: Config, run: RunState, data: TrainingData, outcome: Outcome, stop: StopRequest, estimate_fields: dict
 ) -> dict:
     """summary.json's content: the run's status, the estimate, counts, speeds and flags."""
-    history, per_fold = outcome.history, len(config.candidates)
-    folds = run.compiled.critics // per_fold
+    history, per_fold, folds = outcome.history, len(config.candidates), config.folds
     epoch_seconds, rows_per_epoch = outcome.epoch_seconds, outcome.rows_per_epoch
     trained_epochs = len(epoch_seconds)
     # speeds after the first epoch of this process, which also traces and compiles
@@ -1093,13 +1246,14 @@ def run_summary(
         "status": outcome.status,
         "stopped_by": signal.Signals(stop.signal).name if stop.signal is not None else None,
         "folds": folds,
-        "critics": run.compiled.critics,
+        "critics": data.critics,
         "epochs_completed": run.first_epoch + trained_epochs,
         "diverged_in_epoch": outcome.diverged_in,
         "units": config.units,
         **estimate_fields,
-        "held_out_last_epoch": float(history.held_out[-1].mean()) if len(history) else None,
-        "training_rows_estimate": float(history.training[-1].mean()) if len(history) else None,
+        **plan_fields(config, outcome, estimate_fields),
+        "held_out_last_epoch": trained_mean(history.held_out[-1]) if len(history) else None,
+        "training_rows_estimate": trained_mean(history.training[-1]) if len(history) else None,
         "true_mi_nats": run.truth,
         "estimator": config.estimator,
         "candidates": [candidate.name for candidate in config.candidates],
@@ -1118,6 +1272,22 @@ def run_summary(
         "training_gflops_per_second": round(steady * run.flops_per_row / 1e9, 2) if steady else None,
         "training_flops_per_row": run.flops_per_row,
         "hyperparameters": config.as_flags(),
+    }
+
+
+def plan_fields(config: Config, outcome: Outcome, estimate_fields: dict) -> dict:
+    """What the plan did, for summary.json: the candidates dropped and after
+    which epoch, and the critic-epochs trained, in all and by the candidates
+    each fold chose (the rest is the arithmetic that went to losers)."""
+    plan, names = outcome.plan, [candidate.name for candidate in config.candidates]
+    trained = ~np.isnan(outcome.history.training)  # [epochs, critics]
+    chosen_by_fold = [[each] if isinstance(each, str) else each for each in estimate_fields.get("fold_winners") or []]
+    chosen_by_fold = chosen_by_fold or [names] * config.folds
+    chosen = [names[k % len(names)] in chosen_by_fold[k // len(names)] for k in range(trained.shape[1])]
+    return {
+        "candidates_dropped": {names[candidate]: epoch for candidate, epoch in plan.dropped},
+        "critic_epochs": int(trained.sum()),
+        "critic_epochs_of_chosen_candidates": int(trained[:, chosen].sum()),
     }
 
 
@@ -1146,10 +1316,14 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
             "/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0]
         )
     where = f"; results in {config.output_dir}/" if config.output_dir is not None else ""
+    dropped = "; dropped " + ", ".join(
+        f"{name} after epoch {epoch}" for name, epoch in summary["candidates_dropped"].items()
+    )
     return (
         f"estimated I(X; Z) = {estimate_text}"
         + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
         + chosen
+        + (dropped if summary["candidates_dropped"] else "")
         + f", in {seconds:.1f} s{where}"
     )
 
@@ -1257,7 +1431,12 @@ def resolved(given: dict[str, Any]) -> Config:
         or (field.metadata.get("adapts") == "at its default" and getattr(config, name) == field.default)
     }
     config = dataclasses.replace(
-        config, folds=folds, candidates=candidates, transform=None, activation=None, adaptable=frozenset(adaptable)
+        config,
+        folds=folds,
+        candidates=candidates,
+        transform=None,
+        activation=None,
+        adaptable=frozenset(adaptable),
     )
     if config.folds == 1 and config.val_fraction == 0 and len(config.candidates) > 1:
         raise InputError(

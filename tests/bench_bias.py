@@ -17,6 +17,7 @@ last three are evaluated.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -41,13 +42,15 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
     config = mi_main.parse_flags(
         [*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"]
     )
-    total_steps = n_epoch * -(-len(training_rows) // config.batch_size)
-    compiled = mi_main.compiled_critics(config.program, 1, total_steps, tf.distribute.get_strategy(), seed)
+    steps = -(-len(training_rows) // config.batch_size)
+    compiled = mi_main.compiled_critics(config.program, 1, tf.distribute.get_strategy(), seed)
     model = compiled.model
     best = -np.inf
     batches = epoch_batches([transform(training_rows)], config.batch_size, seed, 0, n_epoch, resample_latent_dim=1)
     for epoch, chunk in enumerate(batches, 1):
-        compiled.train_epoch([chunk], None, seed, epoch)
+        start, end = (config.lr * 0.5 * (1 + math.cos(math.pi * done / n_epoch)) for done in (epoch - 1, epoch))
+        compiled.set_learning_rate(start, end, steps)  # a cosine over the run, as mi_main's
+        compiled.train_epoch([chunk], None, seed, epoch, [0])
         if epoch % 10 == 0 or epoch > n_epoch - 3:
             # the fresh file's z_bar is drawn independently: its marginal half is a true product sample
             bound = donsker_varadhan_bound(

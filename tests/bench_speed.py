@@ -58,8 +58,9 @@ ROWS = {2: 8_192, 64: 65_536, 512: 262_144, 4096: 262_144}
 
 def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first epoch, first epoch's extra seconds)."""
-    config = mi_main.Config(candidates="rank:tanh", lr=1e-4, lr_schedule="constant", jit=jit)
-    compiled = mi_main.compiled_critics(config.program, 1, 1, tf.distribute.get_strategy(), 0)
+    config = mi_main.Config(candidates="rank:tanh", lr=1e-4, jit=jit)
+    compiled = mi_main.compiled_critics(config.program, 1, tf.distribute.get_strategy(), 0)
+    compiled.set_learning_rate(config.lr, config.lr, 1)
     seconds = []
     for batches, batch_rows in epoch_batches([rows], batch_size, 0, 0, 3, resample_latent_dim=1):
         start = time.perf_counter()

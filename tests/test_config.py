@@ -25,8 +25,6 @@ OTHER_VALUES = [
     {"ema_rate": 0.1},
     {"marginal": "file"},
     {"eval_permutations": 2},
-    {"lr": 0.01},
-    {"lr_schedule": "constant"},
     {"optimizer": "sgd"},
     {"adam_beta_2": 0.5},
     {"jit": False},

@@ -141,7 +141,8 @@ def test_saved_critic_reloads_with_the_trained_weights_and_bound(small_file, tmp
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     critic = tf.keras.models.load_model(tmp_path / mi_main.CRITIC_FILE)
     trained = MineModel(10, 1, 32, 1, activation="tanh")
-    tf.train.Checkpoint(model=trained).read(tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))).expect_partial()
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    tf.train.Checkpoint(critics=tf.train.Checkpoint(model=trained)).read(latest).expect_partial()
     with np.load(tmp_path / mi_main.TRANSFORM_FILE) as saved:
         transform = make_transform(
             str(saved["kind"]), {name: saved[name] for name in saved.files if name != "kind"}, 11

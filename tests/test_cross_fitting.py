@@ -11,21 +11,20 @@ from conftest import run_main
 
 import mi_data_processing
 import mi_main
-from mi_data_processing import fold_rows
+from mi_data_processing import fold_indices
 from mi_model import cross_fitted_interval, t_quantile
 
 SMALL_RUN = ["--batch_size", "128", "--hid_width", "32"]
 
 
 def test_folds_are_disjoint_and_cover_every_row_once():
-    rows = np.arange(103, dtype=np.float32).reshape(103, 1)
     held_out = []
     for fold in range(4):
-        training, evaluated = fold_rows(rows, 4, fold, seed=3)
-        assert not set(training[:, 0]) & set(evaluated[:, 0])
+        training, evaluated = fold_indices(103, 4, fold, seed=3)
+        assert not set(training) & set(evaluated)
         assert len(training) + len(evaluated) == 103 and len(evaluated) in (25, 26)
-        held_out.append(evaluated[:, 0])
-    np.testing.assert_array_equal(np.sort(np.concatenate(held_out)), rows[:, 0])
+        held_out.append(evaluated)
+    np.testing.assert_array_equal(np.sort(np.concatenate(held_out)), np.arange(103))
 
 
 def test_standard_error_and_interval_by_hand():

@@ -34,12 +34,11 @@ def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
 
 def train_one_epoch(strategy, estimator, initial_weights, batches, batch_rows):
     # SGD: see test_training_loop, Adam magnifies float32 noise
-    config = mi_main.Config(
-        hid_width=32, candidates="rank:tanh", estimator=estimator, optimizer="sgd", lr=0.05, lr_schedule="constant"
-    )
-    critics = mi_main.CompiledCritics(config.program, 1, 1, strategy, seed=None)
+    config = mi_main.Config(hid_width=32, candidates="rank:tanh", estimator=estimator, optimizer="sgd")
+    critics = mi_main.CompiledCritics(config.program, 1, strategy, seed=None)
     critics.model.set_weights(initial_weights)
-    means, _, _ = critics.train_epoch([(batches, batch_rows)], None, 0, 1)
+    critics.set_learning_rate(0.05, 0.05, 1)
+    means, _, _ = critics.train_epoch([(batches, batch_rows)], None, 0, 1, [0])
     return means[0], [weight.numpy() for weight in critics.model.weights]
 
 

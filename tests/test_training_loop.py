@@ -10,18 +10,20 @@ import pytest
 import tensorflow as tf
 
 from mi_data_processing import epoch_batches
-from mi_main import CompiledCritics, Config, InputError, make_optimizer, make_train_step, parse_flags
+from mi_main import CompiledCritics, Config, EpochSchedule, InputError, make_optimizer, make_train_step, parse_flags
 from mi_model import MineModel
 
 # SGD: Adam divides by the gradient's running size, which turns float32
 # reassociation noise in a near-zero gradient into a visible step.
-SMALL_SGD = Config(hid_width=32, candidates="rank:tanh", optimizer="sgd", lr=0.05, lr_schedule="constant")
+SMALL_SGD = Config(hid_width=32, candidates="rank:tanh", optimizer="sgd", lr=0.05)
 
 
 def compiled(critics=1, jit=True, seed=0):
     """The run's CompiledCritics of a small network trained by SGD at 0.05."""
     program = dataclasses.replace(SMALL_SGD, jit=jit).program
-    return CompiledCritics(program, critics, 1, tf.distribute.get_strategy(), seed)
+    stack = CompiledCritics(program, critics, tf.distribute.get_strategy(), seed)
+    stack.set_learning_rate(0.05, 0.05, 1)
+    return stack
 
 
 def one_epoch(row_counts, batch_size, epoch=0):
@@ -38,7 +40,7 @@ def test_epoch_loop_matches_the_per_batch_python_loop(jit):
     fast = compiled(jit=jit)
     plain_model = MineModel(10, 1, 32, 1, "mine")
     plain_model.set_weights(fast.model.get_weights())
-    fast_means, _, rows_trained = fast.train_epoch([(batches, batch_rows)], None, 0, 1)
+    fast_means, _, rows_trained = fast.train_epoch([(batches, batch_rows)], None, 0, 1, [0])
 
     plain_optimizer = tf.keras.optimizers.SGD(0.05)
     plain_optimizer.build(plain_model.trainable_variables)
@@ -59,7 +61,7 @@ def test_no_retrace_after_the_first_epoch():
     critics = compiled()
     rows = np.random.default_rng(2).standard_normal((70, 22)).astype(np.float32)
     for epoch, chunk in enumerate(epoch_batches([rows], 32, seed=0, first_epoch=0, n_epoch=4), 1):
-        critics.train_epoch([chunk], None, 0, epoch)
+        critics.train_epoch([chunk], None, 0, epoch, [0])
     assert critics.compiled_steps.experimental_get_tracing_count() == 1
     assert int(critics.optimizer.iterations) == 4 * 3  # 2 full batches and the 6 left over, every epoch
 
@@ -77,11 +79,11 @@ def test_stacked_critics_train_exactly_as_separate_ones():
     assert batches.shape == (3, 4, 16, 22) and list(batch_rows.numpy()) == [16, 16, 16, 15]  # all train on 63 rows
     together = compiled(critics=3)
     initial = [together.model.statistics_network.critic_weights(k) for k in range(3)]
-    means, _, _ = together.train_epoch([(batches, batch_rows)], None, 0, 1)
+    means, _, _ = together.train_epoch([(batches, batch_rows)], None, 0, 1, [0, 1, 2])
     for k in range(3):
         alone = compiled(seed=k)  # Dense layers: a single critic's network
         alone.model.statistics_network.set_weights(initial[k])
-        alone_means, _, _ = alone.train_epoch([(batches[k : k + 1], batch_rows)], None, 0, 1)
+        alone_means, _, _ = alone.train_epoch([(batches[k : k + 1], batch_rows)], None, 0, 1, [k])
         np.testing.assert_allclose(means[k], alone_means[0], rtol=1e-5, atol=1e-6)
         for weight, alone_weight in zip(
             together.model.statistics_network.critic_weights(k),
@@ -107,12 +109,18 @@ def test_stacked_critics_start_as_dense_layers_would():
             assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
 
 
+def constant_rate(rate):
+    schedule = EpochSchedule()
+    schedule.set(0, 1, rate, rate)
+    return schedule
+
+
 @pytest.mark.parametrize("flags, recovered", [([], True), (["--adam_beta_2", "0.999"], False)])
 def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, recovered):
     # A gradient 1,000 times the usual, then usual ones: Adam's steps stay
     # small until its squared-gradient average forgets the huge one.
-    config = parse_flags([*flags, "--lr_schedule", "constant"])
-    optimizer = make_optimizer(config.program, 1000)
+    config = parse_flags(flags)
+    optimizer = make_optimizer(config.program, constant_rate(config.lr))
     weight = tf.Variable([0.0])
     optimizer.build([weight])
     optimizer.apply_gradients([(tf.constant([1000.0]), weight)])
@@ -126,9 +134,9 @@ def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, 
 def test_each_candidate_decays_only_its_own_critics():
     # With a zero gradient Adam moves nothing, so what changes is the decoupled decay alone:
     # every weight of a wd0.5 critic times 1 - 0.5 * lr, the other candidate's critics untouched.
-    config = parse_flags(["--candidates", "rank:tanh,asinh:relu:wd0.5", "--lr_schedule", "constant", "--lr", "0.1"])
+    config = parse_flags(["--candidates", "rank:tanh,asinh:relu:wd0.5"])
     model = MineModel(10, 1, 8, 1, activation=["tanh", "relu"] * 2, critics=4, seed=1)
-    optimizer = make_optimizer(config.program, 100, critics=4)
+    optimizer = make_optimizer(config.program, constant_rate(0.1), critics=4)
     before = [variable.numpy() for variable in model.trainable_variables]
     optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in model.trainable_variables])
     for old, variable in zip(before, model.trainable_variables, strict=True):

@@ -1,0 +1,85 @@
+"""A run that reads its held-out bounds as it trains (mi_model.Plan, end
+to end): candidates dropped, their critics saved and reported, and a run
+resumed after a drop as if never stopped."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_main
+
+import mi_data_processing
+import mi_main
+
+# A candidate that falls far behind (the raw values of cubed coordinates), judged from epoch 3, so that the plan
+# drops it within a few epochs of a small input.
+SMALL_RUN = ["--folds", "3", "--candidates", "rank:tanh,none:relu", "--batch_size", "32", "--hid_width", "16"]
+SMALL_RUN += ["--n_epoch", "12"]
+
+
+@pytest.fixture
+def quick_plan(monkeypatch):
+    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
+
+
+@pytest.fixture
+def small_file(tmp_path):
+    path = str(tmp_path / "cubed.dat")
+    mi_data_processing.save_rows(path, mi_data_processing.make_known_mi_rows(900, 1.0, 21, x_distortion="cube")[0])
+    return path
+
+
+def test_a_dropped_candidate_stops_training_and_is_saved_and_reported(quick_plan, small_file, tmp_path, capsys):
+    status, out, _ = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--quiet", *SMALL_RUN], capsys)
+    summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
+    assert status == 0 and summary["candidates_dropped"], "the plan dropped nothing: no drop to check"
+    (name, epoch), *_ = summary["candidates_dropped"].items()
+    assert f"dropped {name} after epoch {epoch}" in out and summary["epochs_completed"] > epoch
+    dropped = tmp_path / "fold-1" / name.replace(":", "-")
+    assert len(np.loadtxt(dropped / mi_data_processing.HELD_OUT_FILE)) == epoch  # the epochs it trained
+    assert (dropped / mi_main.CRITIC_FILE).exists()
+    assert len(np.loadtxt(tmp_path / mi_data_processing.ESTIMATE_FILE)) == summary["epochs_completed"]
+    assert summary["critic_epochs_of_chosen_candidates"] < summary["critic_epochs"] < 6 * summary["epochs_completed"]
+    training = [event.step for event in training_flags(tmp_path / "logs", f"candidates/{name}")]
+    assert training[epoch - 1] == 1.0 and training[epoch] == 0.0
+
+
+def training_flags(logdir, tag):
+    """The values of a scalar, in step order, from a run's event files."""
+    values = {}
+    for event_file in logdir.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = value.simple_value
+    return [type("Value", (), {"step": values[step]}) for step in sorted(values)]
+
+
+def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, small_file, tmp_path, monkeypatch):
+    flags = ["--input", small_file, "--checkpoint_seconds", "0", "--quiet", *SMALL_RUN]
+    whole = run_main([*flags, "--output_dir", str(tmp_path / "whole")])
+    summary = json.loads((tmp_path / "whole" / mi_main.SUMMARY_FILE).read_text())
+    assert whole[0] == 0 and summary["candidates_dropped"], "the plan dropped nothing: no drop to resume after"
+    stop_after = max(summary["candidates_dropped"].values()) + 1  # the smaller stack has trained an epoch
+
+    real_train_epoch, calls = mi_main.CompiledCritics.train_epoch, []
+
+    def stops(*arguments):
+        calls.append(1)
+        if len(calls) == stop_after + 1:
+            raise KeyboardInterrupt
+        return real_train_epoch(*arguments)
+
+    monkeypatch.setattr(mi_main.CompiledCritics, "train_epoch", stops)
+    with pytest.raises(KeyboardInterrupt):
+        run_main([*flags, "--output_dir", str(tmp_path / "resumed")])
+    monkeypatch.undo()
+    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
+    assert run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--resume"])[0] == 0
+    for name in [mi_data_processing.ESTIMATE_FILE, mi_data_processing.HELD_OUT_FILE]:
+        np.testing.assert_allclose(
+            np.loadtxt(tmp_path / "resumed" / name), np.loadtxt(tmp_path / "whole" / name), atol=1e-6
+        )
+    resumed = json.loads((tmp_path / "resumed" / mi_main.SUMMARY_FILE).read_text())
+    assert resumed["mi_estimate"] == pytest.approx(summary["mi_estimate"], abs=1e-6)
