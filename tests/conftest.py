@@ -35,6 +35,16 @@ def run_main(argv, capsys=None):
     return status, captured and captured.out, captured and captured.err
 
 
+def logged_scalars(logdir):
+    """{tag: {step: value}} of every scalar in a run's TensorBoard event files."""
+    values = {}
+    for event_file in logdir.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                values.setdefault(value.tag, {})[event.step] = value.simple_value
+    return values
+
+
 @pytest.fixture
 def known_mi_file(tmp_path):
     """Writes a generated row file with its sidecar and returns its path."""

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import run_main
+from conftest import logged_scalars, run_main
 
 import mi_data_processing
 import mi_main
@@ -41,19 +40,8 @@ def test_a_dropped_candidate_stops_training_and_is_saved_and_reported(quick_plan
     assert (dropped / mi_main.CRITIC_FILE).exists()
     assert len(np.loadtxt(tmp_path / mi_data_processing.ESTIMATE_FILE)) == summary["epochs_completed"]
     assert summary["critic_epochs_of_chosen_candidates"] < summary["critic_epochs"] < 6 * summary["epochs_completed"]
-    training = [event.step for event in training_flags(tmp_path / "logs", f"candidates/{name}")]
-    assert training[epoch - 1] == 1.0 and training[epoch] == 0.0
-
-
-def training_flags(logdir, tag):
-    """The values of a scalar, in step order, from a run's event files."""
-    values = {}
-    for event_file in logdir.iterdir():
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = value.simple_value
-    return [type("Value", (), {"step": values[step]}) for step in sorted(values)]
+    training = logged_scalars(tmp_path / "logs")[f"candidates/{name}"]
+    assert training[epoch] == 1.0 and training[epoch + 1] == 0.0  # steps are epochs, from 1
 
 
 def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, small_file, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_main
+from conftest import logged_scalars, run_main
 
 import mi_data_processing
 import mi_main
@@ -25,11 +25,7 @@ def small_file(known_mi_file):
 
 def test_event_files_hold_the_scalars(small_file, tmp_path):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
-    values = {}
-    for event_file in (tmp_path / "logs").iterdir():
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            for value in event.summary.value:
-                values.setdefault(value.tag, []).append(event.step)
+    values = logged_scalars(tmp_path / "logs")
     for tag in [
         "estimate/training_rows",
         "estimate/held_out",
