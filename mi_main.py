@@ -304,11 +304,13 @@ class Config:
     # training rows. More rows buy fewer epochs, not more time.
     STEP_BUDGET: ClassVar[int] = 3200
     TRANSFORM_SAMPLE: ClassVar[int] = 100_000  # training rows the input map is fitted on when streaming
-    # A candidate stops training, from epoch DROP_FROM_EPOCH on, once it is behind the leader on every other fold
-    # by more than DROP_MARGIN nats (mi_model.Plan). A smaller margin, a leader-only rung or a run length that
-    # adapts cost sparse and additive-noise tasks more than 0.01 nats (tests/BENCHMARKS.md).
+    # A candidate stops training, from epoch DROP_FROM_EPOCH on and once each critic has taken DROP_AFTER_STEPS
+    # steps, when it is behind the leader on every other fold by more than DROP_MARGIN nats (mi_model.Plan). A
+    # smaller margin, a leader-only rung or a run length that adapts cost sparse and additive-noise tasks more than
+    # 0.01 nats; judged after fewer steps, rank:tanh (slow to start) was dropped at 1,000 rows (tests/BENCHMARKS.md).
     DROP_MARGIN: ClassVar[float] = 0.05
     DROP_FROM_EPOCH: ClassVar[int] = 10
+    DROP_AFTER_STEPS: ClassVar[int] = 160
     ESTIMATE_OUTPUT_DIR: ClassVar[str | None] = None  # estimate()'s output_dir: None writes nothing anywhere
 
     def __post_init__(self) -> None:
@@ -395,14 +397,10 @@ def train(config: Config, data: TrainingData, run: RunState, stop: StopRequest) 
     step) and TensorBoard scalars; then the plan reads the held-out bounds
     (mi_model.Plan: the candidates that stop, in a smaller stack from the
     next epoch), and a checkpoint is saved when one is due."""
-    history, plan, compiled, epoch_seconds, rows_per_epoch, diverged_in = (
-        run.history,
-        run.plan,
-        run.compiled,
-        [],
-        [],
-        None,
-    )
+    history, plan, compiled = run.history, run.plan, run.compiled
+    epoch_seconds: list[float] = []
+    rows_per_epoch: list[int] = []
+    diverged_in = None
     progress = None
     if sys.stdout.isatty() and not config.quiet:
         progress = tf.keras.utils.Progbar(plan.n_epoch, stateful_metrics=["train", "held-out", "rows/s"])
@@ -889,7 +887,7 @@ def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData
     nothing is written: no checkpoint, and TensorBoard only to an explicit
     --logdir."""
     output_dirs, identity = output_folders(config, data.critics, arrays)
-    drop = config.DROP_MARGIN, config.DROP_FROM_EPOCH
+    drop = config.DROP_MARGIN, first_judged_epoch(config, data.rows_per_epoch)
     plan = Plan.start(config.folds, len(config.candidates), config.n_epoch, config.lr_schedule, *drop)
     history = History.empty(data.critics)
     if config.resume:  # the plan's decisions replayed on the saved history: the critics that were still training
@@ -914,6 +912,13 @@ def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData
     if not config.quiet:
         print(start_line(config, run, data))
     return run
+
+
+def first_judged_epoch(config: Config, rows_per_epoch: int) -> int:
+    """The first epoch after which the plan may drop a candidate: DROP_FROM_EPOCH, or later where an epoch has
+    too few steps for the slower candidates to have caught up."""
+    steps_per_epoch = -(-rows_per_epoch // config.batch_size)
+    return max(config.DROP_FROM_EPOCH, -(-config.DROP_AFTER_STEPS // steps_per_epoch))
 
 
 def output_folders(config: Config, critics: int, arrays: Any) -> tuple[list[str], dict[str, Any] | None]:

@@ -17,9 +17,14 @@ SMALL_RUN = ["--folds", "3", "--candidates", "rank:tanh,none:relu", "--batch_siz
 SMALL_RUN += ["--n_epoch", "12"]
 
 
+def judge_early(monkeypatch):
+    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
+    monkeypatch.setattr(mi_main.Config, "DROP_AFTER_STEPS", 0)
+
+
 @pytest.fixture
 def quick_plan(monkeypatch):
-    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
+    judge_early(monkeypatch)
 
 
 @pytest.fixture
@@ -63,7 +68,7 @@ def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, smal
     with pytest.raises(KeyboardInterrupt):
         run_main([*flags, "--output_dir", str(tmp_path / "resumed")])
     monkeypatch.undo()
-    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
+    judge_early(monkeypatch)
     assert run_main([*flags, "--output_dir", str(tmp_path / "resumed"), "--resume"])[0] == 0
     for name in [mi_data_processing.ESTIMATE_FILE, mi_data_processing.HELD_OUT_FILE]:
         np.testing.assert_allclose(
@@ -71,3 +76,10 @@ def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, smal
         )
     resumed = json.loads((tmp_path / "resumed" / mi_main.SUMMARY_FILE).read_text())
     assert resumed["mi_estimate"] == pytest.approx(summary["mi_estimate"], abs=1e-6)
+
+
+def test_candidates_are_judged_after_as_many_steps_on_small_inputs():
+    config = mi_main.Config(batch_size=256)
+    assert mi_main.first_judged_epoch(config, 4000) == config.DROP_FROM_EPOCH == 10  # 16 steps an epoch
+    assert mi_main.first_judged_epoch(config, 8000) == 10
+    assert mi_main.first_judged_epoch(config, 800) == 40  # 4 steps an epoch: 160 steps by epoch 40
