@@ -447,12 +447,20 @@ def smaller_stack(
     kept = plan.critic_ids
     smaller = compiled_critics(program_of(config, plan), len(kept), compiled.strategy, config.seed)
     smaller.take_over(compiled, [ids.index(critic) for critic in kept])
+    if run.output_dirs:
+        save_critics(config, run, data, compiled, ids, [critic for critic in ids if critic not in kept])
+    return smaller
+
+
+def save_critics(
+    config: Config, run: RunState, data: TrainingData, stack: CompiledCritics, ids: list[int], saved: list[int]
+) -> None:
+    """The model and input map of each critic `saved` of a stack whose critics are ids, in the critic's folder."""
     for position, critic in enumerate(ids):
-        if critic not in kept and run.output_dirs:
-            model = compiled.model if compiled.critics == 1 else compiled.model.critic(position)
+        if critic in saved:
+            model = stack.model if stack.critics == 1 else stack.model.critic(position)
             transform = config.candidates[critic % len(config.candidates)].transform
             save_critic(run.output_dirs[critic], model, transform, data.transform_parameters[critic])
-    return smaller
 
 
 def halves_of(halves: tuple[tf.Tensor, tf.Tensor] | None, critic_ids: list[int]) -> tuple[tf.Tensor, tf.Tensor] | None:
@@ -1208,16 +1216,13 @@ def save_run_files(top: str, config: Config, run: RunState, data: TrainingData, 
     candidates and, at the top, of the critics' mean; each critic's model
     and input map (but after a divergence)."""
     history, critics, has_held_out = outcome.history, data.critics, run.halves is not None
-    per_fold, stack = len(config.candidates), outcome.compiled
+    per_fold, trained_to_the_end = len(config.candidates), outcome.plan.critic_ids
     try:
         for k, output_dir in enumerate(run.output_dirs):
             if critics > 1:
                 save_curves(output_dir, history.of_critics(k, k + 1), has_held_out, config.plot, run.truth)
-        if outcome.status != "diverged":  # the critics trained to the end (those dropped were saved then)
-            for position, k in enumerate(outcome.plan.critic_ids):
-                critic = stack.model if stack.critics == 1 else stack.model.critic(position)
-                transform = config.candidates[k % per_fold].transform
-                save_critic(run.output_dirs[k], critic, transform, data.transform_parameters[k])
+        if outcome.status != "diverged":  # those dropped were saved as they stopped
+            save_critics(config, run, data, outcome.compiled, trained_to_the_end, trained_to_the_end)
         if critics > per_fold > 1:  # each fold's own mean over its candidates
             for fold in range(critics // per_fold):
                 fold_dir = os.path.join(top, f"fold-{fold + 1}")

@@ -449,12 +449,9 @@ def held_out_samples(
     joint, marginal = rows[..., :width], rows[..., width:]
     if not resample_latent_dim:
         return joint, marginal[None]
+    z_columns = groups[..., -resample_latent_dim:]
     z_bars = [
-        tf.gather(
-            groups[..., -resample_latent_dim:],
-            tf.math.floormod(index[None] + shift[:, None], counts[:, None]),
-            batch_dims=1,
-        )
+        tf.gather(z_columns, tf.math.floormod(index[None] + shift[:, None], counts[:, None]), batch_dims=1)
         for shift in shifts
     ]
     return joint, tf.stack([tf.concat([marginal[..., :-resample_latent_dim], z_bar], -1) for z_bar in z_bars])
