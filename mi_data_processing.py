@@ -1,8 +1,10 @@
 """Input and output for MINE: read and check the input of every format,
-split it into folds and fit the defaults to its size, shuffle and batch it
-every epoch (in memory or streamed from a binary cache), write the results
-files atomically under a lock, check what --resume needs unchanged, and
-make files whose true mutual information is known.
+split it into folds and map its columns, shuffle and batch it every epoch
+(in memory or streamed from a binary cache), write the results files
+atomically under a lock, check what --resume needs unchanged, and make
+files whose true mutual information is known. Everything here takes plain
+arguments (paths, arrays, numbers): which values a run uses is decided in
+mi_main, from its settings.
 
 A row holds 2 * (data_dim + latent_dim) numbers: the joint half (x, z) then
 the marginal half (x_bar, z_bar), as the reference's files do
@@ -15,9 +17,9 @@ Run as a script it writes such a file with a chosen MI:
 Files may also hold the joint half alone (data_dim + latent_dim columns);
 marginal pairs are then always made by pairing x with another row's z.
 
-TensorFlow's own output on stderr is this module's too: it loads TensorFlow
-behind a filter of the INFO lines TensorFlow logs as it loads, which its
-log level cannot hold back. So it is the first module mi_main imports.
+This module is the lowest of the four: it imports none of the others. It
+loads TensorFlow behind a filter of the INFO lines TensorFlow logs as it
+loads, which its log level cannot hold back, so mi_main imports it first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -36,12 +39,9 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from mi_main import Config
 
 # An absl log record: severity letter, date, time (or seconds since 1970), thread, file:line].
 LOG_RECORD = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ")
@@ -104,6 +104,19 @@ with tensorflow_log_filtered():  # TensorFlow logs INFO lines as it loads, whate
     import tensorflow as tf  # noqa: E402
 
 
+TEXT_SUFFIXES = (".dat", ".txt")  # whitespace-separated rows, as the reference's
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a header row, then one row per sample
+TRANSFORMS = ("rank", "standardize", "asinh", "none")
+RANK_POINTS = 65_536  # points of the rank map's empirical CDF, kept and saved with each critic
+# asinh's map is linear within this many spreads of the median (tests/BENCHMARKS.md, "Choosing each fold's critic")
+ASINH_LINEAR_ZONE = 3.0
+# Memory bounds, whatever the rows: rows mapped or read from a cache at a time, rows per critic in one training
+# call (longer epochs come in chunks), text lines parsed per TensorFlow call while building a cache.
+SHARD_ROWS = 65_536
+CHUNK_ROWS = 16_384
+CACHE_LINES_PER_CHUNK = 65_536
+
+
 class InputError(ValueError):
     """A problem with the input file; the message names the file and line."""
 
@@ -155,10 +168,6 @@ def load_rows(path: str, columns: int | tuple[int, ...]) -> np.ndarray:
         line_number = line_numbers[int(np.argmin(finite))]
         raise InputError(f"{path}, line {line_number}: NaN or infinity (or a number beyond float32 range)")
     return rows
-
-
-TEXT_SUFFIXES = (".dat", ".txt")  # whitespace-separated rows, as the reference's
-TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a header row, then one row per sample
 
 
 def checked_array(values: Any, where: str, row_offset: int = 0) -> np.ndarray:
@@ -301,6 +310,47 @@ def _is_number(token):
     return True
 
 
+def fail(message: str) -> NoReturn:
+    """Ends the run on bad input: main() prints the message as one line on
+    stderr with exit status 2; estimate() raises it (a ValueError)."""
+    raise InputError(message)
+
+
+def read_arrays(
+    path: str, x_columns: str | None, z_columns: str | None, data_dim: int, latent_dim: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, z) of an input file that holds them apart, a .npz (arrays x and z) or a .csv/.tsv table (load_table);
+    None for a row file."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npz":
+        return load_npz(path)
+    if suffix in TABLE_DELIMITERS:
+        return load_table(path, x_columns, z_columns, data_dim, latent_dim)
+    return None
+
+
+def read_row_file(path: str, data_dim: int, latent_dim: int) -> np.ndarray:
+    """The rows of a row file (.dat, .txt or .npy): 2 * (data_dim + latent_dim) columns, or the joint half alone."""
+    width = data_dim + latent_dim
+    try:
+        if os.path.splitext(path)[1].lower() == ".npy":
+            return load_npy(path, (2 * width, width))
+        return load_rows(path, (2 * width, width))
+    except InputError as error:
+        if "columns, expected" not in str(error):
+            raise
+        fail(
+            f"{error} (--data_dim {data_dim} and --latent_dim {latent_dim} make {2 * width} columns, or {width} for "
+            "the joint half alone)"
+        )
+
+
+def full_layout(rows: np.ndarray, sample_width: int) -> np.ndarray:
+    """Rows in the full layout (joint half, marginal half): a joint half alone gets a copy of itself as marginal
+    half, whose z the resampling then pairs anew."""
+    return np.concatenate([rows, rows], axis=1) if rows.shape[1] == sample_width else rows
+
+
 def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training, held_out) indices of `rows` rows, split at random, fixed by `seed`.
 
@@ -310,13 +360,6 @@ def split_indices(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray
     order = np.random.default_rng(seed).permutation(rows)
     n_held_out = int(round(val_fraction * rows))
     return order[n_held_out:], order[:n_held_out]
-
-
-TRANSFORMS = ("rank", "standardize", "asinh", "none")
-RANK_POINTS = 65_536  # points of the rank map's empirical CDF, kept and saved with each critic
-# asinh's map is linear within this many spreads of the median: with 1 it
-# bent light-tailed relations (radial mixtures read 0.03 nats lower)
-ASINH_LINEAR_ZONE = 3.0
 
 
 def fold_indices(rows: int, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -416,11 +459,6 @@ def stacked_rows(rows_per_critic: list[np.ndarray]) -> tuple[np.ndarray, np.ndar
     return stacked, counts
 
 
-def real_rows_mask(counts: tf.Tensor, max_rows: tf.Tensor | int) -> tf.Tensor:
-    """[critics, max_rows]: 1.0 for each critic's first counts[k] rows, 0.0 for its padding."""
-    return tf.cast(tf.range(max_rows)[None, :] < counts[:, None], tf.float32)
-
-
 def epoch_key(seed: tf.Tensor | int, epoch: tf.Tensor | int, stream: int) -> tf.Tensor:
     """The stateless random key of (seed, epoch, stream)."""
     return tf.random.experimental.stateless_fold_in(
@@ -449,13 +487,9 @@ def critic_orders(seed: Any, epoch: Any, ids: tf.Tensor, counts: tf.Tensor, most
     return tf.map_fn(order, (ids, counts), fn_output_signature=tf.int32, parallel_iterations=1)
 
 
-def pairing_shifts(counts: tf.Tensor, seed: Any, epoch: Any, stream: int, group_ids: tf.Tensor) -> tf.Tensor:
-    """Each group's cyclic shift s in [1, count - 1] for one marginal pairing: row i takes the z_bar of row
-    i + s of its group, never its own; drawn for the group's id (critic_draws), stream by stream."""
-    spans = tf.maximum(counts - 1, 1)
-    key = epoch_key(seed, epoch, stream)
-    uniform = tf.map_fn(lambda group: critic_draws(key, group, 1)[0], group_ids, fn_output_signature=tf.float32)
-    return tf.minimum(1 + tf.cast(uniform * tf.cast(spans, tf.float32), tf.int32), spans)
+def steps_for(rows: int, batch_size: int) -> int:
+    """Gradient steps of an epoch of `rows` rows: full batches, and one more for the rows left over."""
+    return -(-rows // batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,119 +505,256 @@ class CriticRows:
     indices: tf.Tensor
     counts: np.ndarray
 
-    @classmethod
-    def of_arrays(cls, rows_per_critic: list[np.ndarray]) -> CriticRows:
-        """Each critic its own array of rows (as tests and benchmarks make them)."""
-        stacked, counts = stacked_rows(rows_per_critic)
-        indices = np.broadcast_to(np.arange(stacked.shape[1], dtype=np.int32), stacked.shape[:2])
-        return cls(tf.constant(stacked), np.arange(len(counts)), tf.constant(indices), counts)
-
-
-CHUNK_ROWS = 16_384  # rows per critic in one training call: longer epochs are cut into chunks, in bounded memory
-
-
-def epoch_chunks(
-    critic_rows: CriticRows,
-    ids: list[int],
-    batch_size: int,
-    seed: int,
-    first_epoch: int,
-    last_epoch: int,
-    resample_latent_dim: int = 0,
-) -> tf.data.Dataset:
-    """A tf.data pipeline of every chunk of epochs first_epoch, ...,
-    last_epoch - 1 for the critics `ids`, side by side, each epoch freshly
-    shuffled: (batches [critics, steps, batch_size, columns], the real rows
-    of each step [steps]). The rows left after the full batches make one
-    last batch, padded with rows the bound masks out, so every step has one
-    shape. All critics train on as many rows an epoch as the smallest has,
-    to step together (one with a row more leaves out another each epoch).
-    An epoch of over CHUNK_ROWS rows per critic comes in chunks of about
-    that many, gathered as they train: no epoch is held whole in memory.
-    With resample_latent_dim > 0, each row's z_bar is that of the row
-    before it in the epoch's order (cyclically, among the critic's rows):
-    fresh draws from the product of the marginals, every epoch."""
-    counts = critic_rows.counts[ids]
-    most = critic_rows.indices.shape[1]
-    used = int(counts.min())
-    steps = -(-used // batch_size)
-    chunk_steps = -(-steps // chunks_per_epoch(critic_rows, ids, batch_size))
-    ids_tensor, counts_tensor = tf.constant(ids, tf.int32), tf.constant(counts)
-    indices = tf.gather(critic_rows.indices, ids_tensor)
-    map_of = tf.constant(critic_rows.map_of[ids], tf.int32)[:, None]
-    batch_rows = tf.constant(np.minimum(batch_size, used - batch_size * np.arange(steps)), tf.int32)
-    padding = max(0, steps * batch_size - most)
-
-    def rows_at(positions):  # positions [critics, n] in each critic's list -> its rows, through its map
-        row_ids = tf.gather(indices, positions, batch_dims=1)
-        return tf.gather_nd(critic_rows.maps, tf.stack([tf.broadcast_to(map_of, tf.shape(row_ids)), row_ids], -1))
-
-    @tf.autograph.experimental.do_not_convert
-    def order_of(epoch):
-        return tf.pad(critic_orders(seed, epoch, ids_tensor, counts_tensor, most), [[0, 0], [0, padding]])
-
-    @tf.autograph.experimental.do_not_convert
-    def chunk(order, index):
-        first = tf.cast(index, tf.int32) * chunk_steps
-        chunk_rows = tf.minimum(chunk_steps, steps - first) * batch_size
-        positions = first * batch_size + tf.range(chunk_rows)
-        rows = rows_at(tf.gather(order, positions, axis=1))
-        if resample_latent_dim:
-            partners = tf.gather(order, tf.math.floormod(positions[None] - 1, counts_tensor[:, None]), batch_dims=1)
-            rows = tf.concat([rows[..., :-resample_latent_dim], rows_at(partners)[..., -resample_latent_dim:]], -1)
-        return tf.reshape(rows, [len(ids), -1, batch_size, rows.shape[-1]]), batch_rows[first : first + chunk_steps]
-
-    chunks = -(-steps // chunk_steps)
-    epochs = tf.data.Dataset.range(first_epoch, last_epoch).map(order_of)
-    return without_autotune(
-        epochs.flat_map(lambda order: tf.data.Dataset.range(chunks).map(lambda c: chunk(order, c))).prefetch(1)
-    )
-
-
-def chunks_per_epoch(critic_rows: CriticRows, ids: list[int], batch_size: int) -> int:
-    """How many training calls an epoch of the critics `ids` takes: one per CHUNK_ROWS rows per critic."""
-    steps = -(-int(critic_rows.counts[ids].min()) // batch_size)
-    return -(-steps * batch_size // CHUNK_ROWS)
-
-
-def epoch_batches(
-    rows_per_critic: list[np.ndarray],
-    batch_size: int,
-    seed: int,
-    first_epoch: int,
-    n_epoch: int,
-    resample_latent_dim: int = 0,
-) -> tf.data.Dataset:
-    """epoch_chunks of critics given as one array of rows each, every critic in the stack."""
-    critic_rows = CriticRows.of_arrays(rows_per_critic)
-    ids = list(range(len(rows_per_critic)))
-    return epoch_chunks(critic_rows, ids, batch_size, seed, first_epoch, n_epoch, resample_latent_dim)
-
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """The dataset with tf.data's autotuning off. Its thread wakes after
-    doubling periods (10 ms, 20 ms, ..., 10.24 s), and an iterator reaching
-    its end sometimes waited for the next wake: a 100-epoch run whose epochs
-    took 11 s ended after 20.6 s, 20.47 s being the sum of those periods
-    (2 runs in 5 of `python mi_main.py`, never with autotuning off).
-    These pipelines have a fixed prefetch and nothing to tune."""
+    """The dataset with tf.data's autotuning off: these pipelines have a fixed prefetch and nothing to tune, and
+    the autotuning thread's wake-ups delayed the end of an epoch (tests/BENCHMARKS.md, "Why the code is as it is")."""
     options = tf.data.Options()
     options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False  # none applies; they cost 20 ms a pipeline
     return dataset.with_options(options)
 
 
-# Invertible maps of one coordinate: applied to x or z, they leave I(X; Z) as it was.
-DISTORTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "identity": lambda values: values,
-    "cube": lambda values: values**3,
-    "half_cube": lambda values: values * np.sqrt(np.abs(values)),
-    "asinh": np.arcsinh,
-}
+# One epoch's chunks: (batches [critics, steps, batch_size, columns], batch_rows [steps]), see InMemoryRows.chunks
+Chunks = Iterable[tuple[tf.Tensor, tf.Tensor]]
 
 
-# Streaming: a binary cache of the text, read back shard by shard.
-CACHE_LINES_PER_CHUNK = 65_536  # text lines parsed per TensorFlow call while building the cache
-SHARD_ROWS = 65_536  # rows read from the cache at a time
+@dataclasses.dataclass(frozen=True)
+class TrainingRows:
+    """Where each epoch's rows come from, for all the critics: InMemoryRows
+    or StreamedRows, each with its own epochs(). held_out_rows and
+    transform_parameters hold one entry per critic; training_counts each
+    critic's training rows (each epoch every critic trains on as many as the
+    smallest has)."""
+
+    total_rows: int
+    training_counts: list[int]
+    held_out_rows: list[np.ndarray]
+    transform_parameters: list[dict[str, Any]]
+    batch_size: int
+    seed: int
+    n_epoch: int
+    resampled_latent_dim: int  # columns of z_bar paired anew every epoch; 0 keeps the file's marginal half
+
+    @property
+    def critics(self) -> int:
+        return len(self.training_counts)
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return min(self.training_counts)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_for(self.rows_per_epoch, self.batch_size)
+
+    def epochs(self, first_epoch: int, critic_ids: list[int]) -> Iterator[Chunks]:
+        """For each epoch from first_epoch to n_epoch - 1, the chunks of the critics critic_ids, with a leading
+        critic axis."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryRows(TrainingRows):
+    """The rows in memory, each input map's copy once (CriticRows). Its
+    tf.data pipeline is made of two functions traced once per run
+    (epoch_functions); a smaller stack of critics only assembles them anew."""
+
+    critic_rows: CriticRows
+
+    @classmethod
+    def of_rows(
+        cls,
+        rows: np.ndarray,
+        splits: list[tuple[np.ndarray, np.ndarray]],
+        transforms: list[str],
+        sample_width: int,
+        batch_size: int,
+        seed: int,
+        n_epoch: int,
+        resampled_latent_dim: int,
+    ) -> InMemoryRows:
+        """Per split (training, held_out) one critic per transform, critic s * transforms + t. Each input map is
+        fitted on every row (a map of each column alone, it sees no pairing of x with z) and applied once."""
+        kinds = list(dict.fromkeys(transforms))
+        parameters = {kind: fit_transform_parameters(kind, rows, sample_width) for kind in kinds}
+        maps = np.empty((len(kinds), *rows.shape), np.float32)
+        for k, kind in enumerate(kinds):
+            maps[k] = make_transform(kind, parameters[kind], sample_width)(rows)
+        critics = [(split, kinds.index(transform)) for split in splits for transform in transforms]
+        indices, counts = stacked_rows([training for (training, _), _ in critics])
+        kind_of = np.array([kind for _, kind in critics])
+        return cls(
+            total_rows=len(rows),
+            training_counts=[int(count) for count in counts],
+            held_out_rows=[maps[kind, held_out] for (_, held_out), kind in critics],
+            transform_parameters=[parameters[kinds[kind]] for _, kind in critics],
+            batch_size=batch_size,
+            seed=seed,
+            n_epoch=n_epoch,
+            resampled_latent_dim=resampled_latent_dim,
+            critic_rows=CriticRows(tf.constant(maps), kind_of, tf.constant(indices.astype(np.int32)), counts),
+        )
+
+    def epochs(self, first_epoch: int, critic_ids: list[int]) -> Iterator[Chunks]:
+        """Each epoch's chunks: one, or one per CHUNK_ROWS rows per critic of a longer epoch."""
+        chunks = iter(self.chunks(first_epoch, critic_ids))
+        per_epoch = self.chunk_layout(critic_ids)[2]
+        for _ in range(first_epoch, self.n_epoch):
+            yield itertools.islice(chunks, per_epoch)
+
+    def chunk_layout(self, critic_ids: list[int]) -> tuple[int, int, int]:
+        """(rows each critic trains on an epoch, steps a chunk, chunks an epoch) of the critics critic_ids: all
+        train on as many rows as the smallest has, to step together (one with a row more leaves out another
+        each epoch), in chunks of about CHUNK_ROWS rows per critic."""
+        used = int(self.critic_rows.counts[critic_ids].min())
+        steps = steps_for(used, self.batch_size)
+        chunk_steps = -(-steps // steps_for(steps * self.batch_size, CHUNK_ROWS))
+        return used, chunk_steps, -(-steps // chunk_steps)
+
+    def chunks(self, first_epoch: int, critic_ids: list[int]) -> tf.data.Dataset:
+        """A tf.data pipeline of every chunk of epochs first_epoch, ...,
+        n_epoch - 1 for the critics critic_ids, side by side, each epoch
+        freshly shuffled: (batches [critics, steps, batch_size, columns],
+        the real rows of each step [steps]). The rows left after the full
+        batches make one last batch, padded with rows the bound masks out,
+        so every step has one shape. Chunks are gathered as they train: no
+        epoch is held whole in memory."""
+        used, chunk_steps, per_epoch = self.chunk_layout(critic_ids)
+        ids = tf.constant(critic_ids, tf.int32)
+        padding = max(0, steps_for(used, self.batch_size) * self.batch_size - self.critic_rows.indices.shape[1])
+        order_of, chunk = self.epoch_functions
+
+        @tf.autograph.experimental.do_not_convert  # converting the pipeline's functions cost 0.24 s a pipeline
+        def epoch_chunks(epoch):
+            order = order_of(epoch, ids, padding)
+            return tf.data.Dataset.range(per_epoch).map(
+                tf.autograph.experimental.do_not_convert(lambda index: chunk(order, index, ids, used, chunk_steps))
+            )
+
+        return without_autotune(tf.data.Dataset.range(first_epoch, self.n_epoch).flat_map(epoch_chunks).prefetch(1))
+
+    @functools.cached_property
+    def epoch_functions(self) -> tuple[Any, Any]:
+        """(order_of, chunk), traced once: an epoch's order of each critic's rows (its real rows first, in random
+        order, then its padding), and a chunk of an epoch's batches in that order. With resampled_latent_dim, each
+        row's z_bar is that of the row before it in the epoch's order (cyclically, among the critic's rows): fresh
+        draws from the product of the marginals, every epoch."""
+        critic_rows, batch_size, resampled = self.critic_rows, self.batch_size, self.resampled_latent_dim
+        most, width = critic_rows.indices.shape[1], critic_rows.maps.shape[-1]
+        counts_of, map_of = tf.constant(critic_rows.counts), tf.constant(critic_rows.map_of, tf.int32)
+        scalar = tf.TensorSpec([], tf.int32)
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32), scalar], autograph=False
+        )
+        def order_of(epoch, ids, padding):
+            orders = critic_orders(self.seed, epoch, ids, tf.gather(counts_of, ids), most)
+            return tf.pad(orders, [[0, 0], [0, padding]])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int64)]
+            + [tf.TensorSpec([None], tf.int32), scalar, scalar],
+            autograph=False,
+        )
+        def chunk(order, index, ids, used, chunk_steps):
+            indices, maps_of = tf.gather(critic_rows.indices, ids), tf.gather(map_of, ids)[:, None]
+
+            def rows_at(positions):  # positions [critics, n] in each critic's list -> its rows, through its map
+                row_ids = tf.gather(indices, positions, batch_dims=1)
+                return tf.gather_nd(
+                    critic_rows.maps, tf.stack([tf.broadcast_to(maps_of, tf.shape(row_ids)), row_ids], -1)
+                )
+
+            steps = (used + batch_size - 1) // batch_size
+            first = tf.cast(index, tf.int32) * chunk_steps
+            positions = first * batch_size + tf.range(tf.minimum(chunk_steps, steps - first) * batch_size)
+            rows = rows_at(tf.gather(order, positions, axis=1))
+            if resampled:
+                counts = tf.gather(counts_of, ids)
+                partners = tf.gather(order, tf.math.floormod(positions[None] - 1, counts[:, None]), batch_dims=1)
+                rows = tf.concat([rows[..., :-resampled], rows_at(partners)[..., -resampled:]], -1)
+            batch_rows = tf.minimum(batch_size, used - batch_size * tf.range(steps))
+            return tf.reshape(rows, [tf.size(ids), -1, batch_size, width]), batch_rows[first : first + chunk_steps]
+
+        return order_of, chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedRows(TrainingRows):
+    """One critic's rows streamed from a binary cache (build_cache) in
+    bounded memory: its training rows are the first training_counts[0] rows
+    of the cache, its held-out rows a fixed block after them (so the file
+    should be in random order), and its input map was fitted on a random
+    sample of the training rows (of_cache)."""
+
+    cache_path: str
+    file_width: int
+    shuffle_buffer: int
+    transform: Callable[[np.ndarray], np.ndarray]  # cached rows -> mapped rows in the full layout
+
+    @classmethod
+    def of_cache(
+        cls,
+        cache_path: str,
+        total_rows: int,
+        file_width: int,
+        sample_width: int,
+        held_out: int,
+        transform_kind: str,
+        transform_sample: int,
+        batch_size: int,
+        seed: int,
+        n_epoch: int,
+        shuffle_buffer: int,
+        resampled_latent_dim: int,
+    ) -> StreamedRows:
+        """The last `held_out` rows of the cache held out; the map fitted on about transform_sample rows."""
+        training_rows = total_rows - held_out
+        rng = np.random.default_rng(seed)
+        keep = min(1.0, transform_sample / training_rows)
+        sample = []
+        for start in range(0, training_rows, SHARD_ROWS):
+            shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
+            sample.append(shard[rng.random(len(shard)) < keep])
+        parameters = fit_transform_parameters(
+            transform_kind, full_layout(np.concatenate(sample), sample_width), sample_width
+        )
+        column_map = make_transform(transform_kind, parameters, sample_width)
+
+        def transform(raw):
+            return column_map(full_layout(raw, sample_width))
+
+        held_out_rows = transform(read_cached_rows(cache_path, file_width, training_rows, held_out))
+        return cls(
+            total_rows=total_rows,
+            training_counts=[training_rows],
+            held_out_rows=[held_out_rows],
+            transform_parameters=[parameters],
+            batch_size=batch_size,
+            seed=seed,
+            n_epoch=n_epoch,
+            resampled_latent_dim=resampled_latent_dim,
+            cache_path=cache_path,
+            file_width=file_width,
+            shuffle_buffer=shuffle_buffer,
+            transform=transform,
+        )
+
+    def epochs(self, first_epoch: int, critic_ids: list[int]) -> Iterator[Chunks]:
+        """Each epoch's chunks, one per window of shuffle_buffer rows (streamed_epoch); one critic: ids is [0]."""
+        for epoch in range(first_epoch, self.n_epoch):
+            yield streamed_epoch(
+                self.cache_path,
+                self.file_width,
+                self.training_counts[0],
+                self.batch_size,
+                self.seed,
+                epoch,
+                self.shuffle_buffer,
+                self.transform,
+                self.resampled_latent_dim,
+            )
 
 
 def _parse_lines(lines, width):
@@ -697,7 +868,7 @@ def streamed_epoch(
 ) -> tf.data.Dataset:
     """One epoch of the training rows [0, training_rows) of a cache, as a
     tf.data pipeline of (batches, batch_rows) chunks for one critic, as
-    epoch_batches makes them (every batch full), in bounded memory.
+    InMemoryRows.chunks makes them (every batch full), in bounded memory.
 
     The shards of SHARD_ROWS rows are taken in an order fixed by (seed,
     epoch) and grouped into windows of about shuffle_buffer rows; each
@@ -726,6 +897,7 @@ def streamed_epoch(
         steps = len(rows) // batch_size
         return rows[: steps * batch_size].reshape(steps, batch_size, rows.shape[1])
 
+    @tf.autograph.experimental.do_not_convert
     def element(index):
         full = tf.numpy_function(window_batches, [index], tf.float32, stateful=False)
         full = tf.ensure_shape(full, [None, batch_size, None])
@@ -736,6 +908,15 @@ def streamed_epoch(
         return full[None], tf.fill(tf.shape(full)[:1], batch_size)  # one critic, every batch full
 
     return without_autotune(tf.data.Dataset.range(len(windows)).map(element).prefetch(1))
+
+
+# Invertible maps of one coordinate: applied to x or z, they leave I(X; Z) as it was.
+DISTORTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda values: values,
+    "cube": lambda values: values**3,
+    "half_cube": lambda values: values * np.sqrt(np.abs(values)),
+    "asinh": np.arcsinh,
+}
 
 
 def make_known_mi_rows(
@@ -824,271 +1005,6 @@ def save_json(path: str, content: Any) -> None:
     write_atomically(path, lambda stream: stream.write(json.dumps(content, indent=2) + "\n"))
 
 
-# Run inputs: the rows a run's settings name, split and adapted to their size
-def fail(message: str) -> NoReturn:
-    """Ends the run on bad input: main() prints the message as one line on
-    stderr with exit status 2; estimate() raises it (a ValueError)."""
-    raise InputError(message)
-
-
-def read_input(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Config, np.ndarray]:
-    """(config, the checked rows), the rows always in the full 2 * (data_dim
-    + latent_dim) layout.
-
-    From `arrays` (x, z) when given (estimate()), else from --input by its
-    extension: .npz and .csv/.tsv give x and z apart, and the Config
-    returned takes data_dim and latent_dim from their widths. A joint-only
-    input gets a copy of its joint half as marginal half; the resampling
-    then pairs each x with another row's z.
-    """
-    path = config.input if arrays is None else None  # estimate() gives arrays, the command line a file
-    suffix = os.path.splitext(path)[1].lower() if path is not None else None
-    if path is not None and suffix == ".npz":
-        arrays = load_npz(path)
-    elif path is not None and suffix in TABLE_DELIMITERS:
-        arrays = load_table(path, config.x_columns, config.z_columns, config.data_dim, config.latent_dim)
-    if arrays is not None:
-        x, z = arrays
-        # a width other than the default must agree with the data's
-        for flag, variable, width in (("data_dim", "x", x.shape[1]), ("latent_dim", "z", z.shape[1])):
-            if flag not in config.adaptable and getattr(config, flag) != width:
-                fail(
-                    f"--{flag} {getattr(config, flag)} disagrees with {config.input_name}, whose {variable} has "
-                    f"{width} columns"
-                )
-        config = dataclasses.replace(config, data_dim=x.shape[1], latent_dim=z.shape[1])
-        rows = np.concatenate([x, z], axis=1).astype(np.float32)
-    else:
-        assert path is not None
-        width = config.data_dim + config.latent_dim
-        try:
-            rows = load_npy(path, (2 * width, width)) if suffix == ".npy" else load_rows(path, (2 * width, width))
-        except InputError as error:
-            message = str(error)
-            if "columns, expected" in message:
-                message += (
-                    f" (--data_dim {config.data_dim} and --latent_dim {config.latent_dim} make {2 * width} columns, "
-                    f"or {width} for the joint half alone)"
-                )
-            fail(message)
-    width = config.data_dim + config.latent_dim
-    check_file_against_flags(config, *rows.shape)
-    if rows.shape[1] == width:
-        rows = np.concatenate([rows, rows], axis=1)
-    return config, rows
-
-
-def check_file_against_flags(config: Config, total_rows: int, file_width: int) -> None:
-    """Ends the run if the file's row count or layout contradicts the flags."""
-    if config.data_size is not None and config.data_size != total_rows:
-        fail(f"--data_size {config.data_size} disagrees with {config.input_name}, which has {total_rows} rows")
-    if file_width == config.data_dim + config.latent_dim and config.marginal == "file":
-        fail(
-            f"--marginal file needs the marginal half in {config.input_name}, which has the joint half alone "
-            f"({file_width} columns)"
-        )
-
-
-MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
-
-
-def folds_for_rows(config: Config, rows: int) -> tuple[Config, list[str]]:
-    """(config, the start line's notes): fewer folds than the default where
-    the rows cannot give each fold MIN_HELD_OUT held-out rows. Refuses an
-    input too small for any estimate, saying what it needs."""
-    if config.folds == 1 or rows >= MIN_HELD_OUT * config.folds:
-        return config, []
-    if "folds" not in config.adaptable:
-        fail(
-            f"{config.input_name} has {rows} rows: too few for --folds {config.folds}, which needs {MIN_HELD_OUT} "
-            f"held-out rows per fold ({MIN_HELD_OUT * config.folds} rows)"
-        )
-    if rows < 2 * MIN_HELD_OUT:
-        fail(
-            f"{config.input_name} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
-            "out by each of two folds"
-        )
-    folds = rows // MIN_HELD_OUT
-    note = f"{folds} folds, not {config.folds}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"
-    return dataclasses.replace(config, folds=folds), [note]
-
-
-def batch_and_epochs_for_rows(config: Config, training_rows: int, step_budget: int) -> tuple[Config, list[str]]:
-    """(config, the start line's notes): a default batch cut to a critic's
-    training rows where they are fewer (all of them: smaller batches read
-    lower on 300 rows), and fewer default epochs where step_budget steps
-    take fewer."""
-    batch_size, n_epoch, notes = config.batch_size, config.n_epoch, []
-    if "batch_size" in config.adaptable and training_rows < batch_size:
-        batch_size = training_rows
-        notes.append(f"batch {batch_size}, not {config.batch_size}: a critic trains on {training_rows} rows")
-    steps = -(-training_rows // batch_size)
-    if "n_epoch" in config.adaptable and steps * n_epoch > step_budget:
-        n_epoch = max(1, -(-step_budget // steps))
-        notes.append(
-            f"{n_epoch} epoch{'s' if n_epoch > 1 else ''}, not {config.n_epoch}: {step_budget:,} steps of {steps:,} "
-            "an epoch"
-        )
-    return dataclasses.replace(config, batch_size=batch_size, n_epoch=n_epoch), notes
-
-
-def check_split(config: Config, rows: int, training_rows: int, held_out_rows: int) -> None:
-    """Ends the run if one split's rows are too few for a batch or an evaluation."""
-    if training_rows < config.batch_size:
-        fail(
-            f"{config.input_name} has {rows} rows, {training_rows} of them for training after --val_fraction "
-            f"{config.val_fraction}: fewer than one batch (--batch_size {config.batch_size})"
-        )
-    if config.val_fraction > 0 and held_out_rows < 4:
-        fail(f"--val_fraction {config.val_fraction} holds out {held_out_rows} of {rows} rows; at least 4 are needed")
-
-
-# One epoch's chunks: (batches [critics, steps, batch_size, columns], batch_rows [steps]), as epoch_batches makes them
-Chunks = Iterable[tuple[tf.Tensor, tf.Tensor]]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """Where each epoch's rows come from, for all the critics: in memory or
-    streamed from a cache.
-
-    epochs(first_epoch, ids) yields, for each epoch from first_epoch on, the
-    chunks of the critics `ids`, with a leading critic axis: one chunk in
-    memory (one per CHUNK_ROWS rows of a longer epoch), one per window when
-    streamed. held_out_rows and transform_parameters hold one entry per
-    critic; training_counts each critic's training rows (each epoch every
-    critic trains on as many as the smallest has).
-    """
-
-    total_rows: int
-    training_counts: list[int]
-    held_out_rows: list[np.ndarray]
-    transform_parameters: list[dict[str, Any]]
-    epochs: Callable[[int, list[int]], Iterator[Chunks]]
-    adapted: list[str]  # the start line's notes on defaults fitted to the input
-
-    @property
-    def critics(self) -> int:
-        return len(self.training_counts)
-
-    @property
-    def rows_per_epoch(self) -> int:
-        return min(self.training_counts)
-
-
-def in_memory_data(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Config, TrainingData]:
-    """(config adapted to the rows, the rows in memory): per fold (one split by --val_fraction, or --folds),
-    one critic per candidate. Each input map is fitted on every row (a map of each column alone, it sees no
-    pairing of x with z) and applied once: the rows are held once per map."""
-    config, rows = read_input(config, arrays)
-    config, adapted = folds_for_rows(config, len(rows))
-    if config.folds == 1:
-        splits = [split_indices(len(rows), config.val_fraction, config.seed)]
-    else:
-        splits = [fold_indices(len(rows), config.folds, fold, config.seed) for fold in range(config.folds)]
-    config, notes = batch_and_epochs_for_rows(config, min(len(training) for training, _ in splits), config.STEP_BUDGET)
-    adapted += notes
-    if config.folds == 1:
-        check_split(config, len(rows), *map(len, splits[0]))
-    elif min(len(training) for training, _ in splits) < config.batch_size:
-        fail(
-            f"{config.input_name} has {len(rows)} rows: too few for --folds {config.folds} with --batch_size "
-            f"{config.batch_size}"
-        )
-    if max(len(held_out) for _, held_out in splits) > SHARD_ROWS:
-        # as streamed: one shard of held-out rows per critic reads the bound to about 0.005 nats at MI 1
-        adapted.append(f"read on {SHARD_ROWS:,} of each critic's {len(splits[0][1]):,} held-out rows")
-        splits = [(training, held_out[:SHARD_ROWS]) for training, held_out in splits]
-    sample_width = config.data_dim + config.latent_dim
-    kinds = list(dict.fromkeys(candidate.transform for candidate in config.candidates))
-    parameters = {kind: fit_transform_parameters(kind, rows, sample_width) for kind in kinds}
-    maps = np.empty((len(kinds), *rows.shape), np.float32)
-    for k, kind in enumerate(kinds):
-        maps[k] = make_transform(kind, parameters[kind], sample_width)(rows)
-    del rows
-    # critic f * candidates + c: fold f's rows through candidate c's map
-    critics = [(split, kinds.index(candidate.transform)) for split in splits for candidate in config.candidates]
-    indices, counts = stacked_rows([training for (training, _), _ in critics])
-    kind_of = np.array([kind for _, kind in critics])
-    critic_rows = CriticRows(tf.constant(maps), kind_of, tf.constant(indices.astype(np.int32)), counts)
-
-    def epochs(first_epoch: int, ids: list[int]) -> Iterator[Chunks]:
-        chunks = iter(
-            epoch_chunks(
-                critic_rows,
-                ids,
-                config.batch_size,
-                config.seed,
-                first_epoch,
-                config.n_epoch,
-                config.resampled_latent_dim,
-            )
-        )
-        for _ in range(first_epoch, config.n_epoch):
-            yield itertools.islice(chunks, chunks_per_epoch(critic_rows, ids, config.batch_size))
-
-    data = TrainingData(
-        total_rows=maps.shape[1],
-        training_counts=[int(count) for count in counts],
-        held_out_rows=[maps[kind, held_out] for (_, held_out), kind in critics],
-        transform_parameters=[parameters[kinds[kind]] for _, kind in critics],
-        epochs=epochs,
-        adapted=adapted,
-    )
-    return config, data
-
-
-def streamed_data(config: Config) -> tuple[Config, TrainingData]:
-    """(config adapted to the rows, the input through a binary cache, in
-    bounded memory) for one critic (streaming does not cross-fit). The
-    held-out rows are a fixed block at the end of the file (at most one
-    shard), so the file should be in random order; the input map is fitted
-    on a random sample of Config.TRANSFORM_SAMPLE training rows."""
-    width = config.data_dim + config.latent_dim
-    assert config.input is not None and config.cache_dir is not None  # run() streams files alone
-    try:
-        cache_path, total_rows, file_width = build_cache(config.input, (2 * width, width), config.cache_dir)
-    except InputError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"--cache_dir {config.cache_dir}: {error.strerror}")
-    check_file_against_flags(config, total_rows, file_width)
-    held_out = min(int(round(config.val_fraction * total_rows)), SHARD_ROWS)
-    training_rows = total_rows - held_out
-    config, adapted = batch_and_epochs_for_rows(config, training_rows, config.STEP_BUDGET)
-    check_split(config, total_rows, training_rows, held_out)
-
-    def full_width(raw):
-        return np.concatenate([raw, raw], axis=1) if file_width == width else raw
-
-    rng = np.random.default_rng(config.seed)
-    keep = min(1.0, config.TRANSFORM_SAMPLE / training_rows)
-    sample = []
-    for start in range(0, training_rows, SHARD_ROWS):
-        shard = read_cached_rows(cache_path, file_width, start, min(SHARD_ROWS, training_rows - start))
-        sample.append(shard[rng.random(len(shard)) < keep])
-    (candidate,) = config.candidates  # run() refuses several with --cache_dir
-    parameters = fit_transform_parameters(candidate.transform, full_width(np.concatenate(sample)), width)
-    transform = make_transform(candidate.transform, parameters, width)
-    held_out_rows = transform(full_width(read_cached_rows(cache_path, file_width, training_rows, held_out)))
-
-    def epochs(first_epoch: int, ids: list[int]) -> Iterator[Chunks]:  # one critic: ids is [0]
-        for epoch in range(first_epoch, config.n_epoch):
-            yield streamed_epoch(
-                cache_path,
-                file_width,
-                training_rows,
-                config.batch_size,
-                config.seed,
-                epoch,
-                config.shuffle_buffer,
-                lambda raw: transform(full_width(raw)),
-                config.resampled_latent_dim,
-            )
-
-    return config, TrainingData(total_rows, [training_rows], [held_out_rows], [parameters], epochs, adapted)
-
-
 # Run outputs: the results files, the lock that keeps runs apart, and what --resume checks
 ESTIMATE_FILE = "MINE_estimated_mutual_information.dat"
 
@@ -1121,96 +1037,59 @@ def require_matplotlib() -> None:
         fail("--plot needs matplotlib, which is not installed: pip install matplotlib")
 
 
-@dataclasses.dataclass(frozen=True)
-class History:
-    """Each critic's figures per epoch, arrays [epochs, critics]: on its
-    training rows the bound and its two parts (mean T on the joint half,
-    log mean exp T on the marginal half), on its held-out rows the bound
-    and the bounds on its halves A and B (NaN without held-out rows). The
-    fields' order is that of figures() and of the checkpoint."""
-
-    training: np.ndarray
-    joint: np.ndarray
-    marginal: np.ndarray
-    held_out: np.ndarray
-    held_out_a: np.ndarray
-    held_out_b: np.ndarray
-
-    WIDTH: ClassVar[int] = 6  # the fields
-
-    @classmethod
-    def of_figures(cls, figures: np.ndarray) -> History:
-        """From figures [epochs, critics, WIDTH], in the fields' order."""
-        return cls(*np.moveaxis(np.asarray(figures, dtype=np.float64), -1, 0))
-
-    @classmethod
-    def empty(cls, critics: int) -> History:
-        return cls.of_figures(np.zeros((0, critics, cls.WIDTH)))
-
-    def figures(self) -> np.ndarray:
-        """[epochs, critics, WIDTH]: every field, in their order."""
-        return np.stack([getattr(self, field.name) for field in dataclasses.fields(self)], axis=-1)
-
-    def appended(self, training: np.ndarray, held_out: np.ndarray, critic_ids: list[int]) -> History:
-        """With one more epoch of the critics critic_ids (NaN for the others,
-        which did not train): training [critics, 3] (bound, joint part,
-        marginal part) and held_out [critics, 2] (halves A, B)."""
-        epoch = np.full((1, self.training.shape[1], self.WIDTH), np.nan)
-        epoch[0, critic_ids] = np.column_stack([training, held_out.mean(axis=1), held_out])
-        return History.of_figures(np.concatenate([self.figures(), epoch]))
-
-    def first(self, epochs: int) -> History:
-        """The history of the first `epochs` epochs."""
-        return History(*(getattr(self, field.name)[:epochs] for field in dataclasses.fields(self)))
-
-    def of_critics(self, first: int, stop: int) -> History:
-        """Critics first, ..., stop - 1 alone."""
-        return History(*(getattr(self, field.name)[:, first:stop] for field in dataclasses.fields(self)))
-
-    def __len__(self) -> int:
-        return len(self.training)
-
-
-def save_curves(output_dir: str, history: History, has_held_out: bool, plot: bool, truth: float | None) -> None:
-    """The per-epoch files of one or more critics into output_dir, a row per
-    epoch that one of them trained; with several critics each row holds the
-    mean of those that trained."""
-    history = history.first(int(np.sum(~np.isnan(history.training).all(axis=1))))  # a dropped critic's epochs
-    save_rows(os.path.join(output_dir, ESTIMATE_FILE), np.nanmean(history.training, axis=1))
-    parts = np.column_stack([np.nanmean(history.joint, axis=1), np.nanmean(history.marginal, axis=1)])
+def save_curves(
+    output_dir: str,
+    training: np.ndarray,
+    joint: np.ndarray,
+    marginal: np.ndarray,
+    held_out: np.ndarray | None,
+    plot: bool,
+    truth: float | None,
+) -> None:
+    """The per-epoch files of one or more critics into output_dir, from
+    their figures [epochs, critics] (NaN where a critic did not train;
+    held_out None without held-out rows): a row per epoch that one of them
+    trained, each the mean of those that trained."""
+    epochs = int(np.sum(~np.isnan(training).all(axis=1)))  # a dropped critic's epochs
+    training, joint, marginal = training[:epochs], joint[:epochs], marginal[:epochs]
+    save_rows(os.path.join(output_dir, ESTIMATE_FILE), np.nanmean(training, axis=1))
+    parts = np.column_stack([np.nanmean(joint, axis=1), np.nanmean(marginal, axis=1)])
     save_rows(os.path.join(output_dir, PARTS_FILE), parts)
-    if has_held_out:
-        save_rows(os.path.join(output_dir, HELD_OUT_FILE), np.nanmean(history.held_out, axis=1))
-    if plot and len(history):
-        save_plot(os.path.join(output_dir, PLOT_FILE), history, truth)
+    if held_out is not None:
+        held_out = held_out[:epochs]
+        save_rows(os.path.join(output_dir, HELD_OUT_FILE), np.nanmean(held_out, axis=1))
+    if plot and epochs:
+        save_plot(os.path.join(output_dir, PLOT_FILE), training, held_out, truth)
 
 
-def save_plot(path: str, history: History, truth: float | None) -> None:
-    """The bound per epoch: with one critic on its training and held-out
-    rows; with several, each critic's held-out curve and their means."""
+def save_plot(path: str, training: np.ndarray, held_out: np.ndarray | None, truth: float | None) -> None:
+    """The bound per epoch, from figures [epochs, critics]: with one critic
+    on its training and held-out rows; with several, each critic's held-out
+    curve and their means."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = np.arange(1, len(history) + 1)
-    critics = history.training.shape[1]
-    has_held_out = not np.isnan(history.held_out).all()
+    epochs = np.arange(1, len(training) + 1)
+    critics = training.shape[1]
+    held_out = np.full_like(training, np.nan) if held_out is None else held_out
+    has_held_out = not np.isnan(held_out).all()
     figure, axes = plt.subplots(figsize=(7, 4))
     if critics > 1 and has_held_out:
         for k in range(critics):
             axes.plot(
                 epochs,
-                history.held_out[:, k],
+                held_out[:, k],
                 color="tab:orange",
                 alpha=0.3,
                 linewidth=0.8,
                 label=f"held-out rows, each of {critics} critics" if k == 0 else None,
             )
     mean_of = f"mean of {critics} critics, " if critics > 1 else ""
-    axes.plot(epochs, np.nanmean(history.training, axis=1), color="tab:blue", label=f"{mean_of}training rows")
+    axes.plot(epochs, np.nanmean(training, axis=1), color="tab:blue", label=f"{mean_of}training rows")
     if has_held_out:
-        axes.plot(epochs, np.nanmean(history.held_out, axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
+        axes.plot(epochs, np.nanmean(held_out, axis=1), color="tab:orange", label=f"{mean_of}held-out rows")
     if truth is not None:
         axes.axhline(truth, color="black", linestyle="--", label=f"true MI {truth:g}")
     axes.set(xlabel="epoch", ylabel="bound on I(X; Z), nats", title="MINE estimate per epoch")
@@ -1220,7 +1099,7 @@ def save_plot(path: str, history: History, truth: float | None) -> None:
     plt.close(figure)
 
 
-def save_critic(
+def write_critic_files(
     output_dir: str, model: tf.keras.Model, transform_kind: str, transform_parameters: dict[str, Any]
 ) -> None:
     """The trained model as a .keras file, and beside it the input map it
@@ -1278,21 +1157,19 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-def run_identity(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """What --resume must find unchanged: the input's digest and the
-    settings whose change would make the continued run another run (the
-    split, the network, the steps: Config.identity)."""
+def input_digest(path: str | None, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+    """The SHA-256 of the input, the arrays x and z (given) or the file at path, which --resume must find
+    unchanged."""
     if arrays is not None:
-        digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
-    else:
-        assert config.input is not None
-        with open(config.input, "rb") as stream:
-            digest = hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
-    return {"input_sha256": digest, **config.identity()}
+        return hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)).hexdigest()
+    assert path is not None
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()  # in blocks: the file may exceed memory
 
 
-def check_resumable(config: Config, checkpoint_dir: str, identity: dict[str, Any]) -> None:
-    """Ends the run unless checkpoint_dir holds a checkpoint of the same identity."""
+def check_resumable(checkpoint_dir: str, identity: dict[str, Any], input_name: str, from_file: bool) -> None:
+    """Ends the run unless checkpoint_dir holds a checkpoint of the same identity (input_sha256 and the
+    settings, as flags name them); input_name names the input, a file or (from_file False) the arrays."""
     try:
         with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)) as stream:
             saved = json.load(stream)
@@ -1302,7 +1179,7 @@ def check_resumable(config: Config, checkpoint_dir: str, identity: dict[str, Any
         fail(f"--resume: no checkpoint to resume in {checkpoint_dir}")
     if saved["input_sha256"] != identity["input_sha256"]:
         fail(
-            f"--resume: {config.input_name} {'is' if config.input else 'are'} not the input file the checkpoint in "
+            f"--resume: {input_name} {'is' if from_file else 'are'} not the input file the checkpoint in "
             f"{checkpoint_dir} was trained on"
         )
     for name, value in identity.items():

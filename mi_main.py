@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -46,37 +46,43 @@ from mi_data_processing import (  # isort: skip
     FLAGS_FILE,
     NATS_PER_BIT,
     RUN_IDENTITY_FILE,
+    SHARD_ROWS,
     SUMMARY_FILE,
     TEXT_SUFFIXES,
     TRANSFORM_FILE,
     TRANSFORMS,
-    History,
+    InMemoryRows,
     InputError,
     OutputError,
-    TrainingData,
+    StreamedRows,
+    TrainingRows,
     acquire_lock,
+    build_cache,
     check_resumable,
     checked_array,
     fail,
-    in_memory_data,
+    fold_indices,
+    full_layout,
     in_units,
+    input_digest,
     make_transform,
-    read_input,
+    read_arrays,
+    read_row_file,
     read_sidecar,
     require_matplotlib,
-    run_identity,
-    save_critic,
     save_curves,
     save_json,
+    split_indices,
     stacked_rows,
-    streamed_data,
+    steps_for,
     tensorflow_log_filtered,
     write_atomically,
+    write_critic_files,
 )
 import tensorflow as tf
 
 from mi_layers import ACTIVATIONS, training_flops_per_row
-from mi_model import ESTIMATORS, MineModel, Plan, chosen_critics_stderr, chosen_estimate, held_out_bounds
+from mi_model import ESTIMATORS, History, MineModel, Plan, chosen_critics_stderr, chosen_estimate, held_out_bounds
 
 
 # The settings: every default of a run, and what each one belongs to
@@ -298,21 +304,6 @@ class Config:
     # Not a flag: the defaults left for the input to adapt (the traits "adapts"), worked out from the flags given.
     adaptable: frozenset[str] = frozenset()
 
-    # Constants of the defaults, not flags
-    ONE_CRITIC: ClassVar[str] = "rank:tanh"  # the critic trained alone where candidates cannot train side by side
-    # Default runs stop at this many steps per critic, whatever the rows: 100 epochs of a 10,000-row input's 8,000
-    # training rows. More rows buy fewer epochs, not more time.
-    STEP_BUDGET: ClassVar[int] = 3200
-    TRANSFORM_SAMPLE: ClassVar[int] = 100_000  # training rows the input map is fitted on when streaming
-    # A candidate stops training, from epoch DROP_FROM_EPOCH on and once each critic has taken DROP_AFTER_STEPS
-    # steps, when it is behind the leader on every other fold by more than DROP_MARGIN nats (mi_model.Plan). A
-    # smaller margin, a leader-only rung or a run length that adapts cost sparse and additive-noise tasks more than
-    # 0.01 nats; judged after fewer steps, rank:tanh (slow to start) was dropped at 1,000 rows (tests/BENCHMARKS.md).
-    DROP_MARGIN: ClassVar[float] = 0.05
-    DROP_FROM_EPOCH: ClassVar[int] = 10
-    DROP_AFTER_STEPS: ClassVar[int] = 160
-    ESTIMATE_OUTPUT_DIR: ClassVar[str | None] = None  # estimate()'s output_dir: None writes nothing anywhere
-
     def __post_init__(self) -> None:
         if isinstance(self.candidates, str):  # as a default or Python code writes them: parsed once, here
             object.__setattr__(self, "candidates", parse_candidates(self.candidates))
@@ -368,6 +359,159 @@ class Program(collections.namedtuple("ProgramFields", PROGRAM_FIELDS)):  # type:
         return self.eval_permutations if self.resampled_latent_dim else 1
 
 
+# Defaults that follow the flags and the input: every value a run takes other than the one given or the default is
+# decided here, each adaptation returning a new Config and the start line's notes on it.
+ONE_CRITIC = "rank:tanh"  # the critic trained alone where candidates cannot train side by side
+# Default runs stop at this many steps per critic, whatever the rows: 100 epochs of a 10,000-row input's 8,000
+# training rows. More rows buy fewer epochs, not more time.
+STEP_BUDGET = 3200
+MIN_HELD_OUT = 4  # held-out rows per fold: two on each half, whose best epochs choose each other's estimate
+# Held-out rows each critic is read on, at most: one shard, as streamed runs read them; it reads the bound to about
+# 0.005 nats at MI 1 (tests/BENCHMARKS.md).
+HELD_OUT_CAP = SHARD_ROWS
+TRANSFORM_SAMPLE = 100_000  # training rows the input map is fitted on when streaming
+# A candidate stops training, from epoch DROP_FROM_EPOCH on and once each critic has taken DROP_AFTER_STEPS
+# steps, when it is behind the leader on every other fold by more than DROP_MARGIN nats (mi_model.Plan; the
+# measurements behind the three: tests/BENCHMARKS.md, "Losing candidates stop early").
+DROP_MARGIN = 0.05
+DROP_FROM_EPOCH = 10
+DROP_AFTER_STEPS = 160
+ESTIMATE_OUTPUT_DIR = None  # estimate()'s output_dir: None writes nothing anywhere
+
+
+def resolved(given: dict[str, Any]) -> Config:
+    """The Config of the flags given (name -> value; the others take their
+    defaults), with the defaults that follow other flags worked out: one
+    split where one was asked for (--val_fraction) or where the critics
+    cannot share a device; one fixed critic for --transform or --activation,
+    or where candidates cannot be chosen or trained side by side."""
+    config = Config(**given)
+    fixed = config.transform is not None or config.activation is not None
+    if fixed and "candidates" in given:
+        raise InputError(
+            "argument --candidates: not together with --transform or --activation (they name one candidate)"
+        )
+    one_device = config.cache_dir is None and config.strategy == "default"
+    folds = given.get("folds", config.folds if one_device and "val_fraction" not in given else 1)
+    candidates = config.candidates
+    if fixed:
+        one_transform, one_activation = ONE_CRITIC.split(":")
+        candidates = parse_candidates(f"{config.transform or one_transform}:{config.activation or one_activation}")
+    elif "candidates" not in given and (not one_device or (folds == 1 and config.val_fraction == 0)):
+        candidates = parse_candidates(ONE_CRITIC)
+    adaptable = {
+        name
+        for name, field in FLAG_FIELDS.items()
+        if (field.metadata.get("adapts") == "unless given" and name not in given)
+        or (field.metadata.get("adapts") == "at its default" and getattr(config, name) == field.default)
+    }
+    config = dataclasses.replace(
+        config,
+        folds=folds,
+        candidates=candidates,
+        transform=None,
+        activation=None,
+        adaptable=frozenset(adaptable),
+    )
+    if config.folds == 1 and config.val_fraction == 0 and len(config.candidates) > 1:
+        raise InputError(
+            "argument --candidates: choosing among candidates needs held-out rows (--val_fraction above 0, or --folds)"
+        )
+    return config
+
+
+def widths_of_arrays(config: Config, x_width: int, z_width: int) -> Config:
+    """data_dim and latent_dim taken from an input that gives x and z apart (arrays, .npz, a table); a width
+    given other than at its default must agree with the data's."""
+    for flag, variable, width in (("data_dim", "x", x_width), ("latent_dim", "z", z_width)):
+        if flag not in config.adaptable and getattr(config, flag) != width:
+            fail(
+                f"--{flag} {getattr(config, flag)} disagrees with {config.input_name}, whose {variable} has "
+                f"{width} columns"
+            )
+    return dataclasses.replace(config, data_dim=x_width, latent_dim=z_width)
+
+
+def folds_for_rows(config: Config, rows: int) -> tuple[Config, list[str]]:
+    """Fewer folds than the default where the rows cannot give each fold
+    MIN_HELD_OUT held-out rows. Refuses an input too small for any
+    estimate, saying what it needs."""
+    if config.folds == 1 or rows >= MIN_HELD_OUT * config.folds:
+        return config, []
+    if "folds" not in config.adaptable:
+        fail(
+            f"{config.input_name} has {rows} rows: too few for --folds {config.folds}, which needs {MIN_HELD_OUT} "
+            f"held-out rows per fold ({MIN_HELD_OUT * config.folds} rows)"
+        )
+    if rows < 2 * MIN_HELD_OUT:
+        fail(
+            f"{config.input_name} has {rows} rows: an estimate needs at least {2 * MIN_HELD_OUT}, {MIN_HELD_OUT} held "
+            "out by each of two folds"
+        )
+    folds = rows // MIN_HELD_OUT
+    note = f"{folds} folds, not {config.folds}: {rows} rows hold out {MIN_HELD_OUT} per fold at most"
+    return dataclasses.replace(config, folds=folds), [note]
+
+
+def batch_and_epochs_for_rows(config: Config, training_rows: int) -> tuple[Config, list[str]]:
+    """A default batch cut to a critic's training rows where they are fewer
+    (all of them: smaller batches read lower on 300 rows), and fewer default
+    epochs where STEP_BUDGET steps take fewer."""
+    batch_size, n_epoch, notes = config.batch_size, config.n_epoch, []
+    if "batch_size" in config.adaptable and training_rows < batch_size:
+        batch_size = training_rows
+        notes.append(f"batch {batch_size}, not {config.batch_size}: a critic trains on {training_rows} rows")
+    steps = steps_for(training_rows, batch_size)
+    if "n_epoch" in config.adaptable and steps * n_epoch > STEP_BUDGET:
+        n_epoch = max(1, -(-STEP_BUDGET // steps))
+        notes.append(
+            f"{n_epoch} epoch{'s' if n_epoch > 1 else ''}, not {config.n_epoch}: {STEP_BUDGET:,} steps of {steps:,} "
+            "an epoch"
+        )
+    return dataclasses.replace(config, batch_size=batch_size, n_epoch=n_epoch), notes
+
+
+def held_out_capped(
+    splits: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """The splits with each critic's held-out rows cut to HELD_OUT_CAP, and the note saying so."""
+    if max(len(held_out) for _, held_out in splits) <= HELD_OUT_CAP:
+        return splits, []
+    note = f"read on {HELD_OUT_CAP:,} of each critic's {len(splits[0][1]):,} held-out rows"
+    return [(training, held_out[:HELD_OUT_CAP]) for training, held_out in splits], [note]
+
+
+def first_judged_epoch(steps_per_epoch: int) -> int:
+    """The first epoch after which the plan may drop a candidate: DROP_FROM_EPOCH, or later where an epoch has
+    too few steps for the slower candidates to have caught up."""
+    return max(DROP_FROM_EPOCH, -(-DROP_AFTER_STEPS // steps_per_epoch))
+
+
+def check_input_against_flags(config: Config, total_rows: int, file_width: int) -> None:
+    """Ends the run if the input's row count or layout contradicts the flags."""
+    if config.data_size is not None and config.data_size != total_rows:
+        fail(f"--data_size {config.data_size} disagrees with {config.input_name}, which has {total_rows} rows")
+    if file_width == config.data_dim + config.latent_dim and config.marginal == "file":
+        fail(
+            f"--marginal file needs the marginal half in {config.input_name}, which has the joint half alone "
+            f"({file_width} columns)"
+        )
+
+
+def check_split(config: Config, rows: int, training_rows: int, held_out_rows: int) -> None:
+    """Ends the run if one split's rows are too few for a batch or an evaluation."""
+    if training_rows < config.batch_size:
+        fail(
+            f"{config.input_name} has {rows} rows, {training_rows} of them for training after --val_fraction "
+            f"{config.val_fraction}: fewer than one batch (--batch_size {config.batch_size})"
+        )
+    if config.val_fraction > 0 and held_out_rows < MIN_HELD_OUT:
+        fail(
+            f"--val_fraction {config.val_fraction} holds out {held_out_rows} of {rows} rows; at least {MIN_HELD_OUT} "
+            "are needed"
+        )
+
+
 # The training step
 def make_train_step(model: MineModel, optimizer: tf.keras.optimizers.Optimizer) -> Callable[..., tf.Tensor]:
     """The training step of the reference: one gradient step on a batch,
@@ -390,30 +534,31 @@ def make_train_step(model: MineModel, optimizer: tf.keras.optimizers.Optimizer) 
 
 
 # The training loop
-def train(config: Config, data: TrainingData, run: RunState, stop: StopRequest) -> Outcome:
+def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopRequest) -> Outcome:
     """Epoch after epoch until --n_epoch, a non-finite loss or a stop
     request: each epoch trains every critic still training on its rows,
     reads its bound on its held-out rows, logs a line (or a progress bar
     step) and TensorBoard scalars; then the plan reads the held-out bounds
     (mi_model.Plan: the candidates that stop, in a smaller stack from the
     next epoch), and a checkpoint is saved when one is due."""
-    history, plan, compiled = run.history, run.plan, run.compiled
+    history, plan, compiled = prepared.history, prepared.plan, prepared.compiled
     epoch_seconds: list[float] = []
     rows_per_epoch: list[int] = []
     diverged_in = None
     progress = None
     if sys.stdout.isatty() and not config.quiet:
         progress = tf.keras.utils.Progbar(plan.n_epoch, stateful_metrics=["train", "held-out", "rows/s"])
-    chunks_of, halves, fresh = data.epochs(plan.epochs, plan.critic_ids), halves_of(run.halves, plan.critic_ids), True
+    epochs, halves = data.epochs(plan.epochs, plan.critic_ids), halves_of(prepared.halves, plan.critic_ids)
+    compiling = True  # the stack's first epoch: its functions compile, or load from XLA's cache
     train_start = last_save = time.perf_counter()
     while not plan.finished():
         epoch, ids, epoch_start = plan.epochs + 1, plan.critic_ids, time.perf_counter()
-        start, end = plan.next_factors()
-        compiled.set_learning_rate(config.lr * start, config.lr * end, -(-data.rows_per_epoch // config.batch_size))
+        start, end = plan.learning_rate_shares()
+        compiled.set_learning_rate(config.lr * start, config.lr * end, data.steps_per_epoch)
         # The epoch's steps, then each critic's bound on its held-out rows, in one compiled call (two would compile
-        # and dispatch twice). A new stack compiles, or loads from XLA's cache, which logs noise on stderr.
-        with tensorflow_log_filtered(CACHE_LOAD_NOISE) if fresh else contextlib.nullcontext():
-            training, held_out, rows_trained = compiled.train_epoch(next(chunks_of), halves, config.seed, epoch, ids)
+        # and dispatch twice). Loading from XLA's cache logs noise on stderr.
+        with tensorflow_log_filtered(CACHE_LOAD_NOISE) if compiling else contextlib.nullcontext():
+            training, held_out, rows_trained = compiled.train_epoch(next(epochs), halves, config.seed, epoch, ids)
         if not np.isfinite(training).all():
             # A non-finite loss or gradient poisons every later step of the epoch: nothing of it is kept, and the
             # last checkpoint stays.
@@ -422,24 +567,25 @@ def train(config: Config, data: TrainingData, run: RunState, stop: StopRequest) 
         epoch_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
         history = history.appended(training, held_out, ids)
-        report_epoch(config, run, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
-        plan, fresh = plan.after(history), False
+        report_epoch(config, prepared, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
+        plan, compiling = plan.after(history), False
         if plan.critic_ids != ids:  # candidates dropped: their critics are done, the others go on in a smaller stack
-            compiled = smaller_stack(config, run, data, compiled, ids, plan)
-            chunks_of, halves, fresh = data.epochs(epoch, plan.critic_ids), halves_of(run.halves, plan.critic_ids), True
-        if run.checkpoint and checkpoint_due(config, epoch, stop.signal is not None, last_save, plan):
-            run.checkpoint.save(epoch, history, compiled)
+            compiled = smaller_stack(config, prepared, data, compiled, ids, plan)
+            epochs, halves = data.epochs(epoch, plan.critic_ids), halves_of(prepared.halves, plan.critic_ids)
+            compiling = True
+        if prepared.checkpoint and checkpoint_due(config, epoch, stop.signal is not None, last_save, plan):
+            prepared.checkpoint.save(epoch, history, compiled)
             last_save = time.perf_counter()
         if stop.signal is not None:
             break
-    run.summaries.close()
+    prepared.summaries.close()
     status = "diverged" if diverged_in else "interrupted" if stop.signal is not None else "completed"
     train_seconds = time.perf_counter() - train_start
     return Outcome(history, plan, compiled, epoch_seconds, rows_per_epoch, diverged_in, train_seconds, status)
 
 
 def smaller_stack(
-    config: Config, run: RunState, data: TrainingData, compiled: CompiledCritics, ids: list[int], plan: Plan
+    config: Config, prepared: PreparedRun, data: TrainingRows, compiled: CompiledCritics, ids: list[int], plan: Plan
 ) -> CompiledCritics:
     """The critics plan.critic_ids in a stack of their own, continuing from
     `compiled` (whose critics are ids): the critics the plan dropped are
@@ -447,20 +593,20 @@ def smaller_stack(
     kept = plan.critic_ids
     smaller = compiled_critics(program_of(config, plan), len(kept), compiled.strategy, config.seed)
     smaller.take_over(compiled, [ids.index(critic) for critic in kept])
-    if run.output_dirs:
-        save_critics(config, run, data, compiled, ids, [critic for critic in ids if critic not in kept])
+    if prepared.output_dirs:
+        save_stopped_critics(config, prepared, data, compiled, ids, [critic for critic in ids if critic not in kept])
     return smaller
 
 
-def save_critics(
-    config: Config, run: RunState, data: TrainingData, stack: CompiledCritics, ids: list[int], saved: list[int]
+def save_stopped_critics(
+    config: Config, prepared: PreparedRun, data: TrainingRows, stack: CompiledCritics, ids: list[int], saved: list[int]
 ) -> None:
     """The model and input map of each critic `saved` of a stack whose critics are ids, in the critic's folder."""
     for position, critic in enumerate(ids):
         if critic in saved:
             model = stack.model if stack.critics == 1 else stack.model.critic(position)
             transform = config.candidates[critic % len(config.candidates)].transform
-            save_critic(run.output_dirs[critic], model, transform, data.transform_parameters[critic])
+            write_critic_files(prepared.output_dirs[critic], model, transform, data.transform_parameters[critic])
 
 
 def halves_of(halves: tuple[tf.Tensor, tf.Tensor] | None, critic_ids: list[int]) -> tuple[tf.Tensor, tf.Tensor] | None:
@@ -488,7 +634,7 @@ def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float,
 
 def report_epoch(
     config: Config,
-    run: RunState,
+    prepared: PreparedRun,
     compiled: CompiledCritics,
     plan: Plan,
     progress: tf.keras.utils.Progbar | None,
@@ -503,20 +649,20 @@ def report_epoch(
         trained_mean(figures[-1]) for figures in (history.training, history.joint, history.marginal, history.held_out)
     )
     scalars = {"estimate/training_rows": bound, "parts/joint": joint_part, "parts/marginal": marginal_part}
-    if run.halves is not None:
+    if prepared.halves is not None:
         scalars["estimate/held_out"] = held_out_bound
     if history.held_out.shape[1] > 1:
         scalars |= {f"folds/held_out_{k + 1}": value for k, value in enumerate(history.held_out[-1]) if value == value}
         scalars |= {f"candidates/{name.name}": float(c in plan.candidates) for c, name in enumerate(config.candidates)}
     scalars |= {"speed/rows_per_second": rows_per_second, "learning_rate": float(compiled.optimizer.learning_rate)}
-    run.summaries.write(epoch, scalars)
+    prepared.summaries.write(epoch, scalars)
     if progress:
         progress.update(epoch, [("train", bound), ("held-out", held_out_bound), ("rows/s", rows_per_second)])
     elif not config.quiet:
         print(
             f"epoch {epoch:4d}/{plan.n_epoch}  train {bound:8.4f}  held-out {held_out_bound:8.4f}  "
             f"joint {joint_part:8.4f}  marginal {marginal_part:8.4f}  {time.perf_counter() - epoch_start:6.2f} s  "
-            f"{rows_per_second:9.0f} rows/s  {rows_per_second * run.flops_per_row / 1e9:5.1f} GFLOP/s",
+            f"{rows_per_second:9.0f} rows/s  {rows_per_second * prepared.flops_per_row / 1e9:5.1f} GFLOP/s",
             flush=True,
         )
 
@@ -857,7 +1003,7 @@ class EpochSummaries:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunState:
+class PreparedRun:
     """What the training loop and the outputs need of a prepared run."""
 
     compiled: CompiledCritics  # the critics the plan trains at first
@@ -870,6 +1016,7 @@ class RunState:
     checkpoint: Checkpoint | None
     summaries: EpochSummaries
     flops_per_row: int
+    adapted: list[str]  # the start line's notes on the defaults adapted to the input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -888,14 +1035,16 @@ class Outcome:
     status: str  # completed, interrupted or diverged
 
 
-def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData, arrays: Any = None) -> RunState:
+def prepare(
+    config: Config, strategy: tf.distribute.Strategy, data: TrainingRows, adapted: list[str], arrays: Any = None
+) -> PreparedRun:
     """Everything before the first epoch: directories, the plan, the
     compiled critics, the checkpoint (restored with --resume), TensorBoard
-    and the start line. Without an output directory (estimate()'s default)
-    nothing is written: no checkpoint, and TensorBoard only to an explicit
-    --logdir."""
+    and the start line, with the notes on the defaults adapted to the
+    input. Without an output directory (estimate()'s default) nothing is
+    written: no checkpoint, and TensorBoard only to an explicit --logdir."""
     output_dirs, identity = output_folders(config, data.critics, arrays)
-    drop = config.DROP_MARGIN, first_judged_epoch(config, data.rows_per_epoch)
+    drop = DROP_MARGIN, first_judged_epoch(data.steps_per_epoch)
     plan = Plan.start(config.folds, len(config.candidates), config.n_epoch, config.lr_schedule, *drop)
     history = History.empty(data.critics)
     if config.resume:  # the plan's decisions replayed on the saved history: the critics that were still training
@@ -905,7 +1054,7 @@ def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData
     compiled = compiled_critics(program_of(config, plan), len(plan.critic_ids), strategy, config.seed)
     checkpoint = open_checkpoint(config, compiled, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
-    run = RunState(
+    prepared = PreparedRun(
         compiled=compiled,
         plan=plan,
         output_dirs=output_dirs,
@@ -916,17 +1065,11 @@ def prepare(config: Config, strategy: tf.distribute.Strategy, data: TrainingData
         checkpoint=checkpoint,
         summaries=EpochSummaries(logdir, flags_file_text(config), len(history)),
         flops_per_row=training_flops_per_row(config.data_dim + config.latent_dim, config.hid_width, config.out_width),
+        adapted=adapted,
     )
     if not config.quiet:
-        print(start_line(config, run, data))
-    return run
-
-
-def first_judged_epoch(config: Config, rows_per_epoch: int) -> int:
-    """The first epoch after which the plan may drop a candidate: DROP_FROM_EPOCH, or later where an epoch has
-    too few steps for the slower candidates to have caught up."""
-    steps_per_epoch = -(-rows_per_epoch // config.batch_size)
-    return max(config.DROP_FROM_EPOCH, -(-config.DROP_AFTER_STEPS // steps_per_epoch))
+        print(start_line(config, prepared, data))
+    return prepared
 
 
 def output_folders(config: Config, critics: int, arrays: Any) -> tuple[list[str], dict[str, Any] | None]:
@@ -936,9 +1079,9 @@ def output_folders(config: Config, critics: int, arrays: Any) -> tuple[list[str]
     output_dir = config.output_dir
     if output_dir is None:
         return [], None
-    identity = run_identity(config, arrays)
+    identity = {"input_sha256": input_digest(config.input, arrays), **config.identity()}
     if config.resume:
-        check_resumable(config, os.path.join(output_dir, CHECKPOINT_DIR), identity)
+        check_resumable(os.path.join(output_dir, CHECKPOINT_DIR), identity, config.input_name, config.input is not None)
     folders = [""] if critics == 1 else critic_folders(config.candidates, critics // len(config.candidates))
     output_dirs = [os.path.join(output_dir, folder) if folder else output_dir for folder in folders]
     for folder in output_dirs:
@@ -1011,7 +1154,7 @@ def stacked_halves(held_out_rows: list[np.ndarray]) -> tuple[tf.Tensor, tf.Tenso
     return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
 
 
-def start_line(config: Config, run: RunState, data: TrainingData) -> str:
+def start_line(config: Config, prepared: PreparedRun, data: TrainingRows) -> str:
     held_out_counts = [len(rows) for rows in data.held_out_rows]
 
     def span(counts):
@@ -1028,15 +1171,15 @@ def start_line(config: Config, run: RunState, data: TrainingData) -> str:
     if len(candidates) > 1:
         names = ", ".join(candidate.name for candidate in candidates)
         rows_text += f"; candidates {names} on each ({critics} critics side by side)"
-    replicas = run.compiled.strategy.num_replicas_in_sync
+    replicas = prepared.compiled.strategy.num_replicas_in_sync
     return (
         f"MINE ({config.estimator}) on {config.input_name}: {rows_text}, "
         f"batch {config.batch_size}, {config.n_epoch} epoch{'s' if config.n_epoch > 1 else ''}, "
         f"{config.optimizer} lr {config.lr}, seed {config.seed}"
-        + (f", {replicas} replicas ({config.strategy})" if run.compiled.replicated else "")
-        + (f", true MI {run.truth} nats" if run.truth is not None else "")
-        + (f"; resumed after epoch {run.first_epoch}" if config.resume else "")
-        + "".join(f"; {note}" for note in data.adapted)
+        + (f", {replicas} replicas ({config.strategy})" if prepared.compiled.replicated else "")
+        + (f", true MI {prepared.truth} nats" if prepared.truth is not None else "")
+        + (f"; resumed after epoch {prepared.first_epoch}" if config.resume else "")
+        + "".join(f"; {note}" for note in prepared.adapted)
     )
 
 
@@ -1079,7 +1222,7 @@ def estimate(x: np.ndarray, z: np.ndarray, **flags: Any) -> dict:
     Every flag of mi_main.py is a keyword with the same name and default
     (n_epoch=..., folds=..., seed=...); data_dim and latent_dim come from
     the arrays. With output_dir=None (the default here:
-    Config.ESTIMATE_OUTPUT_DIR) nothing is written anywhere; with an
+    ESTIMATE_OUTPUT_DIR) nothing is written anywhere; with an
     output_dir, what the command line writes. Returns the summary (the keys
     of summary.json); its "status" says whether the run completed, diverged
     or was interrupted. Bad input or flags raise ValueError with the command
@@ -1091,12 +1234,92 @@ def estimate(x: np.ndarray, z: np.ndarray, **flags: Any) -> dict:
     x, z = checked_array(x, "x"), checked_array(z, "z")
     if len(x) != len(z):
         raise InputError(f"x has {len(x)} rows and z {len(z)}; they must be the same samples")
-    flags.setdefault("output_dir", Config.ESTIMATE_OUTPUT_DIR)
+    flags.setdefault("output_dir", ESTIMATE_OUTPUT_DIR)
     argv = [
         word for name, value in flags.items() if name not in ("output_dir", "input") for word in flag_words(name, value)
     ]
     config = dataclasses.replace(parse_flags(argv), output_dir=flags["output_dir"], input=None)
     return run(config, arrays=(x, z))
+
+
+def read_rows(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None) -> tuple[Config, np.ndarray]:
+    """(config with the input's widths, its checked rows in the full layout): from the arrays (x, z) when given
+    (estimate()), else from --input by its extension."""
+    if arrays is None:
+        assert config.input is not None
+        arrays = read_arrays(config.input, config.x_columns, config.z_columns, config.data_dim, config.latent_dim)
+    if arrays is not None:
+        config = widths_of_arrays(config, arrays[0].shape[1], arrays[1].shape[1])
+        rows = np.concatenate(arrays, axis=1).astype(np.float32)
+    else:
+        assert config.input is not None
+        rows = read_row_file(config.input, config.data_dim, config.latent_dim)
+    check_input_against_flags(config, *rows.shape)
+    return config, full_layout(rows, config.data_dim + config.latent_dim)
+
+
+def in_memory_rows(
+    config: Config, arrays: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[Config, InMemoryRows, list[str]]:
+    """(config adapted to the rows, the rows in memory, the notes on what was adapted): per fold (one split by
+    --val_fraction, or --folds), one critic per candidate, critic f * candidates + c being fold f's candidate c."""
+    config, rows = read_rows(config, arrays)
+    config, notes = folds_for_rows(config, len(rows))
+    if config.folds == 1:
+        splits = [split_indices(len(rows), config.val_fraction, config.seed)]
+    else:
+        splits = [fold_indices(len(rows), config.folds, fold, config.seed) for fold in range(config.folds)]
+    config, batch_notes = batch_and_epochs_for_rows(config, min(len(training) for training, _ in splits))
+    if config.folds == 1:
+        check_split(config, len(rows), *map(len, splits[0]))
+    elif min(len(training) for training, _ in splits) < config.batch_size:
+        fail(
+            f"{config.input_name} has {len(rows)} rows: too few for --folds {config.folds} with --batch_size "
+            f"{config.batch_size}"
+        )
+    splits, cap_notes = held_out_capped(splits)
+    data = InMemoryRows.of_rows(
+        rows,
+        splits,
+        [candidate.transform for candidate in config.candidates],
+        config.data_dim + config.latent_dim,
+        config.batch_size,
+        config.seed,
+        config.n_epoch,
+        config.resampled_latent_dim,
+    )
+    return config, data, notes + batch_notes + cap_notes
+
+
+def streamed_rows(config: Config) -> tuple[Config, StreamedRows, list[str]]:
+    """(config adapted to the rows, the input streamed through a binary cache in bounded memory, the notes) for
+    one critic (streaming does not cross-fit): the held-out rows a block at the end of the file."""
+    width = config.data_dim + config.latent_dim
+    assert config.input is not None and config.cache_dir is not None  # run() streams files alone
+    try:
+        cache_path, total_rows, file_width = build_cache(config.input, (2 * width, width), config.cache_dir)
+    except OSError as error:
+        fail(f"--cache_dir {config.cache_dir}: {error.strerror}")
+    check_input_against_flags(config, total_rows, file_width)
+    held_out = min(int(round(config.val_fraction * total_rows)), HELD_OUT_CAP)
+    config, notes = batch_and_epochs_for_rows(config, total_rows - held_out)
+    check_split(config, total_rows, total_rows - held_out, held_out)
+    (candidate,) = config.candidates  # run() refuses several with --cache_dir
+    data = StreamedRows.of_cache(
+        cache_path,
+        total_rows,
+        file_width,
+        width,
+        held_out,
+        candidate.transform,
+        TRANSFORM_SAMPLE,
+        config.batch_size,
+        config.seed,
+        config.n_epoch,
+        config.shuffle_buffer,
+        config.resampled_latent_dim,
+    )
+    return config, data, notes
 
 
 def run(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
@@ -1115,7 +1338,7 @@ def run(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> 
         fail("--folds needs the rows in memory; it does not combine with --cache_dir")
     if config.resume and config.output_dir is None:
         fail("--resume continues the checkpoint in an output directory; give output_dir")
-    config, data = streamed_data(config) if config.cache_dir else in_memory_data(config, arrays)
+    config, data, adapted = streamed_rows(config) if config.cache_dir else in_memory_rows(config, arrays)
     lock = None
     if config.output_dir is not None:
         try:
@@ -1125,9 +1348,9 @@ def run(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> 
         lock = acquire_lock(config.output_dir)
     stop = StopRequest()
     try:
-        run_state = prepare(config, strategy, data, arrays)
-        outcome = train(config, data, run_state, stop)
-        return write_outputs(config, run_state, data, outcome, stop)
+        prepared = prepare(config, strategy, data, adapted, arrays)
+        outcome = train(config, data, prepared, stop)
+        return write_outputs(config, prepared, data, outcome, stop)
     finally:
         stop.restore()
         if lock:
@@ -1162,7 +1385,7 @@ def evaluate_only(config: Config, critic_path: str, arrays: Any = None) -> dict:
     except (OSError, ValueError) as error:
         fail(f"--evaluate_only {critic_path}: cannot load the critic and its {TRANSFORM_FILE}: {error}")
     config = dataclasses.replace(config, data_dim=model.data_dim, latent_dim=model.latent_dim)
-    config, rows = read_input(config, arrays)
+    config, rows = read_rows(config, arrays)
     rows = make_transform(kind, parameters, model.sample_width)(rows)
     program = config.program
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
@@ -1175,7 +1398,9 @@ def evaluate_only(config: Config, critic_path: str, arrays: Any = None) -> dict:
     return {"mi_estimate": bound, "rows": len(rows)}
 
 
-def write_outputs(config: Config, run: RunState, data: TrainingData, outcome: Outcome, stop: StopRequest) -> dict:
+def write_outputs(
+    config: Config, prepared: PreparedRun, data: TrainingRows, outcome: Outcome, stop: StopRequest
+) -> dict:
     """The estimate and its files (nothing without an output directory);
     prints the final line of a completed run and returns the summary, its
     status saying whether the run completed, diverged or was interrupted."""
@@ -1195,11 +1420,11 @@ def write_outputs(config: Config, run: RunState, data: TrainingData, outcome: Ou
 
     names = [candidate.name for candidate in config.candidates]
     estimate_fields, winners = chosen_estimate(
-        outcome.history, names, plan, stderr_of if run.halves is not None else None
+        outcome.history, names, plan, stderr_of if prepared.halves is not None else None
     )
     if config.output_dir is not None:
-        save_run_files(config.output_dir, config, run, data, outcome)
-    summary = run_summary(config, run, data, outcome, stop, estimate_fields)
+        save_run_files(config.output_dir, config, prepared, data, outcome)
+    summary = run_summary(config, prepared, data, outcome, stop, estimate_fields)
     in_units(summary, config.units)
     if config.output_dir is not None:
         try:
@@ -1211,30 +1436,28 @@ def write_outputs(config: Config, run: RunState, data: TrainingData, outcome: Ou
     return summary
 
 
-def save_run_files(top: str, config: Config, run: RunState, data: TrainingData, outcome: Outcome) -> None:
+def save_run_files(top: str, config: Config, prepared: PreparedRun, data: TrainingRows, outcome: Outcome) -> None:
     """The per-epoch files of each critic, of each fold's mean over its
     candidates and, at the top, of the critics' mean; each critic's model
     and input map (but after a divergence)."""
-    history, critics, has_held_out = outcome.history, data.critics, run.halves is not None
-    per_fold, trained_to_the_end = len(config.candidates), outcome.plan.critic_ids
+    history, critics, per_fold = outcome.history, data.critics, len(config.candidates)
+
+    def curves(folder: str, first: int, stop: int) -> None:  # the mean of critics first, ..., stop - 1
+        figures = history.of_critics(first, stop)
+        held_out = figures.held_out if prepared.halves is not None else None
+        save_curves(folder, figures.training, figures.joint, figures.marginal, held_out, config.plot, prepared.truth)
+
     try:
-        for k, output_dir in enumerate(run.output_dirs):
+        for k, output_dir in enumerate(prepared.output_dirs):
             if critics > 1:
-                save_curves(output_dir, history.of_critics(k, k + 1), has_held_out, config.plot, run.truth)
+                curves(output_dir, k, k + 1)
         if outcome.status != "diverged":  # those dropped were saved as they stopped
-            save_critics(config, run, data, outcome.compiled, trained_to_the_end, trained_to_the_end)
+            trained_to_the_end = outcome.plan.critic_ids
+            save_stopped_critics(config, prepared, data, outcome.compiled, trained_to_the_end, trained_to_the_end)
         if critics > per_fold > 1:  # each fold's own mean over its candidates
             for fold in range(critics // per_fold):
-                fold_dir = os.path.join(top, f"fold-{fold + 1}")
-                save_curves(
-                    fold_dir,
-                    history.of_critics(fold * per_fold, (fold + 1) * per_fold),
-                    has_held_out,
-                    config.plot,
-                    run.truth,
-                )
-        # the reference's files at the top whatever the folds: the critics' mean per epoch
-        save_curves(top, history, has_held_out, config.plot, run.truth)
+                curves(os.path.join(top, f"fold-{fold + 1}"), fold * per_fold, (fold + 1) * per_fold)
+        curves(top, 0, critics)  # the reference's files at the top whatever the folds: the critics' mean per epoch
     except OSError as error:
         raise OutputError(
             f"cannot write the results to {top}: {error.strerror}; "
@@ -1243,7 +1466,12 @@ def save_run_files(top: str, config: Config, run: RunState, data: TrainingData, 
 
 
 def run_summary(
-    config: Config, run: RunState, data: TrainingData, outcome: Outcome, stop: StopRequest, estimate_fields: dict
+    config: Config,
+    prepared: PreparedRun,
+    data: TrainingRows,
+    outcome: Outcome,
+    stop: StopRequest,
+    estimate_fields: dict,
 ) -> dict:
     """summary.json's content: the run's status, the estimate, counts, speeds and flags."""
     history, per_fold, folds = outcome.history, len(config.candidates), config.folds
@@ -1257,30 +1485,30 @@ def run_summary(
         "stopped_by": signal.Signals(stop.signal).name if stop.signal is not None else None,
         "folds": folds,
         "critics": data.critics,
-        "epochs_completed": run.first_epoch + trained_epochs,
+        "epochs_completed": prepared.first_epoch + trained_epochs,
         "diverged_in_epoch": outcome.diverged_in,
         "units": config.units,
         **estimate_fields,
         **plan_fields(config, outcome, estimate_fields),
         "held_out_last_epoch": trained_mean(history.held_out[-1]) if len(history) else None,
         "training_rows_estimate": trained_mean(history.training[-1]) if len(history) else None,
-        "true_mi_nats": run.truth,
+        "true_mi_nats": prepared.truth,
         "estimator": config.estimator,
         "candidates": [candidate.name for candidate in config.candidates],
         "n_epoch": config.n_epoch,
-        "resumed_after_epoch": run.first_epoch if config.resume else None,
+        "resumed_after_epoch": prepared.first_epoch if config.resume else None,
         "rows": data.total_rows,
         "training_rows": data.training_counts[0] if folds == 1 else data.training_counts[::per_fold],
         "held_out_rows": held_out_counts[0] if folds == 1 else held_out_counts[::per_fold],
         "batch_size": config.batch_size,
-        "adapted_to_rows": data.adapted,
+        "adapted_to_rows": prepared.adapted,
         "seed": config.seed,
         "train_seconds": round(outcome.train_seconds, 3),
         "samples_per_second": round(sum(rows_per_epoch) / outcome.train_seconds, 1) if trained_epochs else None,
         "first_epoch_seconds": round(epoch_seconds[0], 3) if trained_epochs else None,
         "training_rows_per_second": round(steady, 1) if steady else None,
-        "training_gflops_per_second": round(steady * run.flops_per_row / 1e9, 2) if steady else None,
-        "training_flops_per_row": run.flops_per_row,
+        "training_gflops_per_second": round(steady * prepared.flops_per_row / 1e9, 2) if steady else None,
+        "training_flops_per_row": prepared.flops_per_row,
         "hyperparameters": config.as_flags(),
     }
 
@@ -1377,7 +1605,7 @@ def flag_options(field: dataclasses.Field) -> dict[str, Any]:
     the rest."""
     traits = field.metadata
     default_text = flag_text(field.default)
-    text = traits["help"].format(default=default_text, one_critic=Config.ONE_CRITIC, step_budget=Config.STEP_BUDGET)
+    text = traits["help"].format(default=default_text, one_critic=ONE_CRITIC, step_budget=STEP_BUDGET)
     if "(default:" not in text:
         text += f" (default: {default_text})"
     options = {"default": argparse.SUPPRESS, "help": text.replace("%", "%%")}
@@ -1412,47 +1640,6 @@ def make_parser() -> argparse.ArgumentParser:
 def parse_flags(argv: list[str] | None = None) -> Config:
     """The Config of argv's flags; a bad one raises InputError."""
     return resolved(vars(make_parser().parse_args(argv)))
-
-
-def resolved(given: dict[str, Any]) -> Config:
-    """The Config of the flags given (name -> value; the others take their
-    defaults), with the defaults that follow other flags worked out: one
-    split where one was asked for (--val_fraction) or where the critics
-    cannot share a device; one fixed critic for --transform or --activation,
-    or where candidates cannot be chosen or trained side by side."""
-    config = Config(**given)
-    fixed = config.transform is not None or config.activation is not None
-    if fixed and "candidates" in given:
-        raise InputError(
-            "argument --candidates: not together with --transform or --activation (they name one candidate)"
-        )
-    one_device = config.cache_dir is None and config.strategy == "default"
-    folds = given.get("folds", config.folds if one_device and "val_fraction" not in given else 1)
-    candidates = config.candidates
-    if fixed:
-        one_transform, one_activation = Config.ONE_CRITIC.split(":")
-        candidates = parse_candidates(f"{config.transform or one_transform}:{config.activation or one_activation}")
-    elif "candidates" not in given and (not one_device or (folds == 1 and config.val_fraction == 0)):
-        candidates = parse_candidates(Config.ONE_CRITIC)
-    adaptable = {
-        name
-        for name, field in FLAG_FIELDS.items()
-        if (field.metadata.get("adapts") == "unless given" and name not in given)
-        or (field.metadata.get("adapts") == "at its default" and getattr(config, name) == field.default)
-    }
-    config = dataclasses.replace(
-        config,
-        folds=folds,
-        candidates=candidates,
-        transform=None,
-        activation=None,
-        adaptable=frozenset(adaptable),
-    )
-    if config.folds == 1 and config.val_fraction == 0 and len(config.candidates) > 1:
-        raise InputError(
-            "argument --candidates: choosing among candidates needs held-out rows (--val_fraction above 0, or --folds)"
-        )
-    return config
 
 
 def is_weight_decay(text: str) -> bool:

@@ -28,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow as tf
 
-from mi_data_processing import History, pairing_shifts
+from mi_data_processing import critic_draws, epoch_key
 from mi_layers import StatisticsNetwork
 
 
@@ -164,6 +164,57 @@ def split_halves(rows: tf.Tensor, sample_width: int) -> tuple[tf.Tensor, tf.Tens
     return rows[..., :sample_width], rows[..., sample_width:]
 
 
+# The training record and what it says to do: the plan, the choice of each fold's critic, the estimate
+@dataclasses.dataclass(frozen=True)
+class History:
+    """Each critic's figures per epoch, arrays [epochs, critics]: on its
+    training rows the bound and its two parts (mean T on the joint half,
+    log mean exp T on the marginal half), on its held-out rows the bound
+    and the bounds on its halves A and B (NaN without held-out rows). The
+    fields' order is that of figures() and of the checkpoint."""
+
+    training: np.ndarray
+    joint: np.ndarray
+    marginal: np.ndarray
+    held_out: np.ndarray
+    held_out_a: np.ndarray
+    held_out_b: np.ndarray
+
+    WIDTH: ClassVar[int] = 6  # the fields
+
+    @classmethod
+    def of_figures(cls, figures: np.ndarray) -> History:
+        """From figures [epochs, critics, WIDTH], in the fields' order."""
+        return cls(*np.moveaxis(np.asarray(figures, dtype=np.float64), -1, 0))
+
+    @classmethod
+    def empty(cls, critics: int) -> History:
+        return cls.of_figures(np.zeros((0, critics, cls.WIDTH)))
+
+    def figures(self) -> np.ndarray:
+        """[epochs, critics, WIDTH]: every field, in their order."""
+        return np.stack([getattr(self, field.name) for field in dataclasses.fields(self)], axis=-1)
+
+    def appended(self, training: np.ndarray, held_out: np.ndarray, critic_ids: list[int]) -> History:
+        """With one more epoch of the critics critic_ids (NaN for the others,
+        which did not train): training [critics, 3] (bound, joint part,
+        marginal part) and held_out [critics, 2] (halves A, B)."""
+        epoch = np.full((1, self.training.shape[1], self.WIDTH), np.nan)
+        epoch[0, critic_ids] = np.column_stack([training, held_out.mean(axis=1), held_out])
+        return History.of_figures(np.concatenate([self.figures(), epoch]))
+
+    def first(self, epochs: int) -> History:
+        """The history of the first `epochs` epochs."""
+        return History(*(getattr(self, field.name)[:epochs] for field in dataclasses.fields(self)))
+
+    def of_critics(self, first: int, stop: int) -> History:
+        """Critics first, ..., stop - 1 alone."""
+        return History(*(getattr(self, field.name)[:, first:stop] for field in dataclasses.fields(self)))
+
+    def __len__(self) -> int:
+        return len(self.training)
+
+
 def decision_views(history: History, folds: int, per_fold: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(decision, reading) of each view, arrays [epochs, candidates]: a view
     chooses its (epoch, candidate) on its decision bounds and reads the
@@ -235,7 +286,7 @@ class Plan:
         """The critics still training, fold-major: critic f * per_fold + c is fold f's candidate c."""
         return [fold * self.per_fold + candidate for fold in range(self.folds) for candidate in self.candidates]
 
-    def next_factors(self) -> tuple[float, float]:
+    def learning_rate_shares(self) -> tuple[float, float]:
         """The learning rate at the start and at the end of the next epoch, as shares of --lr."""
         if self.schedule == "constant":
             return 1.0, 1.0
@@ -455,6 +506,15 @@ def held_out_samples(
         for shift in shifts
     ]
     return joint, tf.stack([tf.concat([marginal[..., :-resample_latent_dim], z_bar], -1) for z_bar in z_bars])
+
+
+def pairing_shifts(counts: tf.Tensor, seed: Any, epoch: Any, stream: int, group_ids: tf.Tensor) -> tf.Tensor:
+    """Each group's cyclic shift s in [1, count - 1] for one marginal pairing: row i takes the z_bar of row
+    i + s of its group, never its own; drawn for the group's id (critic_draws), stream by stream."""
+    spans = tf.maximum(counts - 1, 1)
+    key = epoch_key(seed, epoch, stream)
+    uniform = tf.map_fn(lambda group: critic_draws(key, group, 1)[0], group_ids, fn_output_signature=tf.float32)
+    return tf.minimum(1 + tf.cast(uniform * tf.cast(spans, tf.float32), tf.int32), spans)
 
 
 def group_shifts(

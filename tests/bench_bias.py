@@ -26,9 +26,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
+from epoch_rows import epoch_batches  # noqa: E402
 
 import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
-from mi_data_processing import epoch_batches, fit_transform_parameters, make_known_mi_rows, make_transform  # noqa: E402
+from mi_data_processing import fit_transform_parameters, make_known_mi_rows, make_transform  # noqa: E402
 from mi_model import donsker_varadhan_bound  # noqa: E402
 
 FRESH_ROWS = 60_000

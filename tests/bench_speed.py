@@ -45,9 +45,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import tensorflow as tf  # noqa: E402
+from epoch_rows import epoch_batches  # noqa: E402
 
 import mi_main  # noqa: E402  (sets TensorFlow's log level before importing it)
-from mi_data_processing import epoch_batches, make_known_mi_rows, save_rows  # noqa: E402
+from mi_data_processing import make_known_mi_rows, save_rows  # noqa: E402
 from mi_layers import training_flops_per_row  # noqa: E402
 from mi_model import MineModel  # noqa: E402
 

@@ -5,16 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from epoch_rows import epoch_batches, memory_rows
 
 import mi_data_processing
 from mi_data_processing import (
     DISTORTIONS,
-    CriticRows,
     InputError,
     build_cache,
-    chunks_per_epoch,
-    epoch_batches,
-    epoch_chunks,
     fit_transform_parameters,
     load_rows,
     make_known_mi_rows,
@@ -222,18 +219,18 @@ def test_marginal_pairs_keep_x_bar_and_take_another_of_the_critics_own_rows_z_ba
 def test_a_critic_trains_the_same_whatever_else_shares_its_stack():
     rng = np.random.default_rng(2)
     rows = [rng.standard_normal((50, 4)).astype(np.float32) for _ in range(3)]
-    critic_rows = CriticRows.of_arrays(rows)
-    together = next(iter(epoch_chunks(critic_rows, [0, 1, 2], 16, 5, 0, 1, 1)))[0].numpy()
-    alone = next(iter(epoch_chunks(critic_rows, [2], 16, 5, 0, 1, 1)))[0].numpy()
+    data = memory_rows(rows, 16, seed=5, n_epoch=1, resample_latent_dim=1)
+    together = next(iter(data.chunks(0, [0, 1, 2])))[0].numpy()
+    alone = next(iter(data.chunks(0, [2])))[0].numpy()
     np.testing.assert_array_equal(together[2], alone[0])
 
 
 def test_a_long_epoch_comes_in_chunks_of_bounded_rows(monkeypatch):
     monkeypatch.setattr(mi_data_processing, "CHUNK_ROWS", 32)
     rows = np.column_stack([np.arange(100)] * 2).astype(np.float32)
-    critic_rows = CriticRows.of_arrays([rows])
-    assert chunks_per_epoch(critic_rows, [0], 16) == 4  # 7 steps of 16 rows, at most 2 a chunk
-    chunks = list(epoch_chunks(critic_rows, [0], 16, 0, 0, 1))
+    data = memory_rows([rows], 16)
+    assert data.chunk_layout([0]) == (100, 2, 4)  # 7 steps of 16 rows, at most 2 a chunk
+    chunks = list(data.chunks(0, [0]))
     assert [tuple(batches.shape) for batches, _ in chunks] == [(1, 2, 16, 2)] * 3 + [(1, 1, 16, 2)]
     seen = np.concatenate(
         [batches.numpy()[0, step, :size] for batches, sizes in chunks for step, size in enumerate(sizes.numpy())]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO
+from epoch_rows import epoch_batches
 
 import mi_main
-from mi_data_processing import epoch_batches
 from mi_model import ESTIMATORS, MineModel, cross_replica_bound, donsker_varadhan_bound, f_divergence_bound
 
 

@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from epoch_rows import epoch_batches
 
-from mi_data_processing import epoch_batches
 from mi_main import CompiledCritics, Config, EpochSchedule, InputError, make_optimizer, make_train_step, parse_flags
 from mi_model import MineModel
 
