@@ -10,12 +10,15 @@ in Config below, or override it:
 
 or, from Python, estimate(x, z, n_epoch=100).
 
-Top to bottom: the settings and their defaults (Config); the training step;
-the training loop; the compiled critics and tf.distribute; a run from its
-settings to its results (run, main, estimate); the command line's flags,
-made from Config; the process's start-up. Reading inputs and writing
-results live in mi_data_processing, the bounds and the estimate's choice in
-mi_model, the network T in mi_layers.
+Top to bottom: the settings and their defaults (Config); the defaults that
+follow the flags and the input (every value a run takes other than the one
+given); the training step; the training loop; the compiled critics and
+tf.distribute; a run from its settings to its results (main, estimate,
+run); the command line's flags, made from Config; the process's start-up.
+This module imports the other three and none imports it: reading inputs,
+epochs and writing results live in mi_data_processing, the bounds, the
+training record and the estimate's choice in mi_model, the network T in
+mi_layers.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def setting(default: Any, help: str, group: str, kind: type | None = None, **tra
     """A field of Config: its default and its flag's help and group (model, data, training, output). kind is
     how the flag is read (the default's type unless given); traits are the flag's bounds (above, at_least,
     below), choices and metavar, and the roles that keys are derived from:
-      program: a setting the compiled critics are built from, part of their cache key (Program);
+      builds_critics: a setting the compiled critics are built from, part of their cache key (CriticSettings);
       resume:  one a resumed run must share with its checkpoint (Config.identity, run.json);
       adapts:  "unless given" or "at its default": a default the input's size or arrays may change;
       replayed=False: left out of flags.txt (--resume: replaying a run must not resume it)."""
@@ -115,8 +118,10 @@ class Config:
     the input's size, or dimensions taken from arrays, make a new one (dataclasses.replace)."""
 
     # Model: the network T, its candidates and its bound
-    hid_width: int = setting(128, "units in each hidden layer of T", "model", above=0, program=True, resume=True)
-    out_width: int = setting(1, "outputs of T (1: one score per sample)", "model", above=0, program=True, resume=True)
+    hid_width: int = setting(128, "units in each hidden layer of T", "model", above=0, builds_critics=True, resume=True)
+    out_width: int = setting(
+        1, "outputs of T (1: one score per sample)", "model", above=0, builds_critics=True, resume=True
+    )
     # Candidate critics trained side by side on every fold; each fold is read at the (candidate, epoch) with the
     # highest mean held-out bound over the other folds. Weight decay (wd) lifts sparse and heavy-tailed
     # dependence; two decays, since the stronger loses additive noise (tests/BENCHMARKS.md).
@@ -128,7 +133,7 @@ class Config:
         "--strategy other than default or no held-out rows)",
         "model",
         kind=Candidate,
-        program=True,
+        builds_critics=True,
         resume=True,
     )
     activation: str | None = setting(
@@ -139,18 +144,27 @@ class Config:
         kind=str,
         choices=ACTIVATIONS,
     )
-    data_dim: int = setting(10, "columns of x", "model", above=0, program=True, resume=True, adapts="at its default")
-    latent_dim: int = setting(1, "columns of z", "model", above=0, program=True, resume=True, adapts="at its default")
+    data_dim: int = setting(
+        10, "columns of x", "model", above=0, builds_critics=True, resume=True, adapts="at its default"
+    )
+    latent_dim: int = setting(
+        1, "columns of z", "model", above=0, builds_critics=True, resume=True, adapts="at its default"
+    )
     estimator: str = setting(
         "mine",
         "mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound",
         "model",
         choices=ESTIMATORS,
-        program=True,
+        builds_critics=True,
         resume=True,
     )
     ema_rate: float = setting(
-        0.01, "weight of each batch in --estimator mine's moving average", "model", at_least=0, below=1, program=True
+        0.01,
+        "weight of each batch in --estimator mine's moving average",
+        "model",
+        at_least=0,
+        below=1,
+        builds_critics=True,
     )
     # Data
     input: str | None = setting(
@@ -207,7 +221,7 @@ class Config:
         "it is",
         "data",
         choices=("resample", "file"),
-        program=True,
+        builds_critics=True,
         resume=True,
     )
     cache_dir: str | None = setting(
@@ -220,7 +234,7 @@ class Config:
         262_144, "rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows", "data", above=0
     )
     eval_permutations: int = setting(
-        4, "fresh marginal pairings averaged per held-out evaluation", "data", above=0, program=True
+        4, "fresh marginal pairings averaged per held-out evaluation", "data", above=0, builds_critics=True
     )
     # Training
     batch_size: int = setting(
@@ -246,7 +260,7 @@ class Config:
         choices=("cosine", "constant"),
     )
     optimizer: str = setting(
-        "adam", "sgd is the reference's", "training", choices=("adam", "sgd"), program=True, resume=True
+        "adam", "sgd is the reference's", "training", choices=("adam", "sgd"), builds_critics=True, resume=True
     )
     # Keras's 0.999 remembers one huge gradient (a heavy-tailed batch, weighted by exp T) for about 1,000 steps
     # and stalls the critic meanwhile.
@@ -256,10 +270,10 @@ class Config:
         "training",
         at_least=0,
         below=1,
-        program=True,
+        builds_critics=True,
     )
     seed: int = setting(0, "seeds the split, the weights and the shuffles", "training", resume=True)
-    jit: bool = setting(True, "compile each epoch with XLA", "training", program=True)
+    jit: bool = setting(True, "compile each epoch with XLA", "training", builds_critics=True)
     strategy: str = setting(
         "default",
         "tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the "
@@ -309,12 +323,12 @@ class Config:
             object.__setattr__(self, "candidates", parse_candidates(self.candidates))
 
     @property
-    def program(self) -> Program:
-        return Program(**{name: getattr(self, name) for name in PROGRAM_FIELDS})
+    def critic_settings(self) -> CriticSettings:
+        return CriticSettings(**{name: getattr(self, name) for name in CRITIC_SETTINGS})
 
     @property
     def resampled_latent_dim(self) -> int:
-        return self.program.resampled_latent_dim
+        return self.critic_settings.resampled_latent_dim
 
     @property
     def input_name(self) -> str:
@@ -336,11 +350,11 @@ class Config:
 FLAG_FIELDS = {field.name: field for field in dataclasses.fields(Config) if "help" in field.metadata}
 
 
-PROGRAM_FIELDS = [name for name, field in FLAG_FIELDS.items() if field.metadata.get("program")]
+CRITIC_SETTINGS = [name for name, field in FLAG_FIELDS.items() if field.metadata.get("builds_critics")]
 
 
-class Program(collections.namedtuple("ProgramFields", PROGRAM_FIELDS)):  # type: ignore[misc]
-    """The settings the compiled critics are built from: Config's fields with the trait program. make_model,
+class CriticSettings(collections.namedtuple("CriticSettingsFields", CRITIC_SETTINGS)):  # type: ignore[misc]
+    """The settings the compiled critics are built from: Config's fields with the trait builds_critics. make_model,
     make_optimizer and CompiledCritics see nothing else, so no setting reaches a compiled program outside the
     key that caches it (COMPILED_CRITICS)."""
 
@@ -591,7 +605,7 @@ def smaller_stack(
     `compiled` (whose critics are ids): the critics the plan dropped are
     done, and their models are saved now (they train no more)."""
     kept = plan.critic_ids
-    smaller = compiled_critics(program_of(config, plan), len(kept), compiled.strategy, config.seed)
+    smaller = compiled_critics(critic_settings_of(config, plan), len(kept), compiled.strategy, config.seed)
     smaller.take_over(compiled, [ids.index(critic) for critic in kept])
     if prepared.output_dirs:
         save_stopped_critics(config, prepared, data, compiled, ids, [critic for critic in ids if critic not in kept])
@@ -614,11 +628,11 @@ def halves_of(halves: tuple[tf.Tensor, tf.Tensor] | None, critic_ids: list[int])
     return None if halves is None else (tf.gather(halves[0], critic_ids), tf.gather(halves[1], critic_ids))
 
 
-def program_of(config: Config, plan: Plan) -> Program:
-    """The program of the candidates the plan still trains."""
+def critic_settings_of(config: Config, plan: Plan) -> CriticSettings:
+    """The settings of the candidates the plan still trains."""
     candidates = tuple(config.candidates[candidate] for candidate in plan.candidates)
-    # Program's fields are made at run time, out of mypy's sight
-    return config.program._replace(candidates=candidates)  # type: ignore[call-arg]
+    # CriticSettings's fields are made at run time, out of mypy's sight
+    return config.critic_settings._replace(candidates=candidates)  # type: ignore[call-arg]
 
 
 def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float, plan: Plan) -> bool:
@@ -674,17 +688,17 @@ def trained_mean(values: np.ndarray) -> float:
 
 
 # The compiled critics: the model, its optimizer and the TensorFlow functions that train and read them
-def make_model(program: Program, critics: int, seed: int | None = None) -> MineModel:
+def make_model(settings: CriticSettings, critics: int, seed: int | None = None) -> MineModel:
     """The run's model, critic f * candidates + c being fold f's candidate
     c; with a seed, its initial weights are those of the seed."""
-    activations = [candidate.activation for candidate in program.candidates] * (critics // len(program.candidates))
+    activations = [candidate.activation for candidate in settings.candidates] * (critics // len(settings.candidates))
     return MineModel(
-        program.data_dim,
-        program.latent_dim,
-        program.hid_width,
-        program.out_width,
-        program.estimator,
-        program.ema_rate,
+        settings.data_dim,
+        settings.latent_dim,
+        settings.hid_width,
+        settings.out_width,
+        settings.estimator,
+        settings.ema_rate,
         activations[0] if len(set(activations)) == 1 else activations,
         critics,
         seed,
@@ -722,36 +736,38 @@ class EpochSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         return {}
 
 
-def make_optimizer(program: Program, schedule: EpochSchedule, critics: int = 1) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(
+    settings: CriticSettings, schedule: EpochSchedule, critics: int = 1
+) -> tf.keras.optimizers.Optimizer:
     """The optimizer of `critics` critics, critic k being candidate k % candidates, its learning rate the
     schedule's. Each candidate's weight decay is decoupled, as in AdamW: Keras multiplies every weight by
     1 - decay * learning rate each step, and a [critics, 1, 1] array of decays broadcasts over the stacked
     kernels and biases, one per critic."""
-    decays = [candidate.weight_decay for candidate in program.candidates]
+    decays = [candidate.weight_decay for candidate in settings.candidates]
     weight_decay = None
     if any(decays):
         per_critic = [decays[k % len(decays)] for k in range(critics)]
         weight_decay = per_critic[0] if critics == 1 else np.array(per_critic, np.float32).reshape(-1, 1, 1)
-    if program.optimizer == "sgd":
+    if settings.optimizer == "sgd":
         return tf.keras.optimizers.SGD(schedule, weight_decay=weight_decay)
-    return tf.keras.optimizers.Adam(schedule, beta_2=program.adam_beta_2, weight_decay=weight_decay)
+    return tf.keras.optimizers.Adam(schedule, beta_2=settings.adam_beta_2, weight_decay=weight_decay)
 
 
 class CompiledCritics:
-    """The critics' model and optimizer, built from a Program on a strategy,
+    """The critics' model and optimizer, built from CriticSettings on a strategy,
     and the TensorFlow functions that train and read them, each traced (and
-    compiled with XLA when program.jit) on first use: one or two calls an
+    compiled with XLA when settings.jit) on first use: one or two calls an
     epoch, whatever the number of critics. The functions take the ids of
     the critics in the stack: a critic's random draws follow from its id
     (mi_data_processing.critic_draws), whichever others share its stack."""
 
-    def __init__(self, program: Program, critics: int, strategy: tf.distribute.Strategy, seed: int | None):
-        self.program, self.critics, self.strategy = program, critics, strategy
+    def __init__(self, settings: CriticSettings, critics: int, strategy: tf.distribute.Strategy, seed: int | None):
+        self.settings, self.critics, self.strategy = settings, critics, strategy
         self.replicated = strategy.num_replicas_in_sync > 1
         with strategy.scope():
-            self.model = make_model(program, critics, seed)
+            self.model = make_model(settings, critics, seed)
             self.schedule = EpochSchedule()
-            self.optimizer = make_optimizer(program, self.schedule, critics)
+            self.optimizer = make_optimizer(settings, self.schedule, critics)
             self.optimizer.build(self.model.trainable_variables)
         self.initial_optimizer_state = [variable.numpy() for variable in self.optimizer.variables]
         self.train_step = make_train_step(self.model, self.optimizer)
@@ -759,7 +775,7 @@ class CompiledCritics:
         # traces per code object, unless the function has none, and warned of retracing on stderr after a few
         # configurations of a sweep had each traced once.
         self.compiled_steps = tf.function(
-            functools.partial(CompiledCritics.steps, self), jit_compile=program.jit, autograph=False
+            functools.partial(CompiledCritics.steps, self), jit_compile=settings.jit, autograph=False
         )
         # replicated: the collective operations of the replicas cannot be compiled with XLA in this loop
         self.replicated_steps = tf.function(functools.partial(CompiledCritics.steps_on_replicas, self), autograph=False)
@@ -857,14 +873,14 @@ class CompiledCritics:
 
     def held_out_bounds(self, halves: tuple[tf.Tensor, tf.Tensor], seed: Any, epoch: Any, critic_ids: Any) -> tf.Tensor:
         """Each critic's bound on each of its held-out halves, [critics, 2]."""
-        program = self.program
+        settings = self.settings
         return held_out_bounds(
             self.model,
             halves,
             seed,
             epoch,
-            program.eval_passes,
-            program.resampled_latent_dim,
+            settings.eval_passes,
+            settings.resampled_latent_dim,
             critic_ids,
         )
 
@@ -888,22 +904,24 @@ class CompiledCritics:
             new.assign(value if value.shape == tuple(new.shape) else value[kept].reshape(new.shape))
 
 
-# Every run in a process (notebooks, sweeps, the benchmarks) reuses the CompiledCritics of a program it has
+# Every run in a process (notebooks, sweeps, the benchmarks) reuses the CompiledCritics of the settings it has
 # seen: a new model would trace and compile its functions anew, and TensorFlow keeps every compiled function for
 # the life of the process (about 80 MB a run; tests/BENCHMARKS.md, "Many runs in one process").
-COMPILED_CRITICS: dict[tuple[Program, int], CompiledCritics] = {}
+COMPILED_CRITICS: dict[tuple[CriticSettings, int], CompiledCritics] = {}
 
 
-def compiled_critics(program: Program, critics: int, strategy: tf.distribute.Strategy, seed: int) -> CompiledCritics:
-    """The CompiledCritics of (program, critics), with this seed's initial
+def compiled_critics(
+    settings: CriticSettings, critics: int, strategy: tf.distribute.Strategy, seed: int
+) -> CompiledCritics:
+    """The CompiledCritics of (settings, critics), with this seed's initial
     weights, made or taken from COMPILED_CRITICS."""
     if strategy.num_replicas_in_sync > 1:  # a replicated model's variables belong to its strategy: not kept
-        return CompiledCritics(program, critics, strategy, seed)
-    key = (program, critics)
+        return CompiledCritics(settings, critics, strategy, seed)
+    key = (settings, critics)
     if key not in COMPILED_CRITICS:
-        COMPILED_CRITICS[key] = CompiledCritics(program, critics, strategy, seed)
+        COMPILED_CRITICS[key] = CompiledCritics(settings, critics, strategy, seed)
     else:  # made for another seed: this seed's initial weights, a fresh optimizer
-        COMPILED_CRITICS[key].reset(make_model(program, critics, seed).get_weights())
+        COMPILED_CRITICS[key].reset(make_model(settings, critics, seed).get_weights())
     return COMPILED_CRITICS[key]
 
 
@@ -1051,7 +1069,7 @@ def prepare(
         history = saved_history(config, data.critics)
         for epochs in range(1, len(history) + 1):
             plan = plan.after(history.first(epochs))
-    compiled = compiled_critics(program_of(config, plan), len(plan.critic_ids), strategy, config.seed)
+    compiled = compiled_critics(critic_settings_of(config, plan), len(plan.critic_ids), strategy, config.seed)
     checkpoint = open_checkpoint(config, compiled, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     prepared = PreparedRun(
@@ -1387,13 +1405,13 @@ def evaluate_only(config: Config, critic_path: str, arrays: Any = None) -> dict:
     config = dataclasses.replace(config, data_dim=model.data_dim, latent_dim=model.latent_dim)
     config, rows = read_rows(config, arrays)
     rows = make_transform(kind, parameters, model.sample_width)(rows)
-    program = config.program
+    settings = config.critic_settings
     every_row = tf.constant(rows[None, None]), tf.constant([[len(rows)]])  # one critic, one part
-    passes, resample = program.eval_passes, program.resampled_latent_dim
+    passes, resample = settings.eval_passes, settings.resampled_latent_dim
     bound = float(held_out_bounds(model, every_row, config.seed, 0, passes, resample, tf.constant([0]))[0, 0])
     print(
         f"bound of {critic_path} on {config.input_name}: {bound:.4f} nats ({len(rows)} rows, "
-        f"{program.eval_passes} marginal pairings)"
+        f"{settings.eval_passes} marginal pairings)"
     )
     return {"mi_estimate": bound, "rows": len(rows)}
 
@@ -1404,7 +1422,7 @@ def write_outputs(
     """The estimate and its files (nothing without an output directory);
     prints the final line of a completed run and returns the summary, its
     status saying whether the run completed, diverged or was interrupted."""
-    program, plan = config.program, outcome.plan
+    settings, plan = config.critic_settings, outcome.plan
 
     def stderr_of(chosen: list[int]) -> float:  # of one split's chosen candidates, at the final stack's weights
         return chosen_critics_stderr(
@@ -1412,8 +1430,8 @@ def write_outputs(
             [data.held_out_rows[critic] for critic in plan.critic_ids],
             [plan.candidates.index(candidate) for candidate in chosen],
             config.seed,
-            program.eval_passes,
-            program.resampled_latent_dim,
+            settings.eval_passes,
+            settings.resampled_latent_dim,
             config.estimator,
             plan.critic_ids,
         )
@@ -1713,12 +1731,10 @@ def start_process() -> None:
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Caps glibc's malloc arenas before TensorFlow starts its threads (at
-    its first operation). By default glibc gives each thread that allocates
-    its own arena, up to 8 per core; TensorFlow's thread pools then spread a
-    run's memory over many, and memory freed in one arena does not serve
-    the next run's allocations in another: the peak grew by about 25 MB
-    with each run in one process (tests/BENCHMARKS.md, "Many runs in one
-    process"). Not glibc (macOS, musl): nothing to do."""
+    its first operation): with an arena per thread, memory freed in one
+    arena does not serve the next run's allocations in another, and the
+    peak grew with each run in one process (tests/BENCHMARKS.md, "Why the
+    code is as it is"). Not glibc (macOS, musl): nothing to do."""
     try:
         ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):
@@ -1738,14 +1754,14 @@ def cpu_identity() -> str:
 
 def use_persistent_xla_cache() -> None:
     """Keeps XLA's compiled programs on disk: a later run of the same shapes
-    on this machine loads them instead of compiling again (the first epoch
-    of a default run: 6.0 s cold, 3.1 s warm). TensorFlow reads its XLA
-    flags at its first compilation, so this holds if no XLA program has run
-    in the process yet. The directory is $MINE_XLA_CACHE, by default
-    ~/.cache/mi_mine/xla, in a folder per CPU model and feature set, since a
-    program compiled for one CPU may not run on another that shares the home
-    directory; MINE_XLA_CACHE= (empty) turns it off, and a cache directory
-    already in TF_XLA_FLAGS is left as it is."""
+    on this machine loads them instead of compiling again (tests/BENCHMARKS.md,
+    "Why the code is as it is"). TensorFlow reads its XLA flags at its first
+    compilation, so this holds if no XLA program has run in the process yet.
+    The directory is $MINE_XLA_CACHE, by default ~/.cache/mi_mine/xla, in a
+    folder per CPU model and feature set, since a program compiled for one
+    CPU may not run on another that shares the home directory;
+    MINE_XLA_CACHE= (empty) turns it off, and a cache directory already in
+    TF_XLA_FLAGS is left as it is."""
     flags = os.environ.get("TF_XLA_FLAGS", "")
     default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mi_mine", "xla")
     directory = os.environ.get("MINE_XLA_CACHE", default)

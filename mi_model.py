@@ -18,9 +18,15 @@ it by minimizing cost = -L, as the reference scripts do. Three estimators
 - mine_f: the f-divergence bound L_f = mean T(x, z) - mean exp(T(x_bar, z_bar) - 1).
 
 The numerics are small pure functions of critic scores so that tests can
-call them on plain tensors; beside them, the held-out evaluation of the
-bound (held_out_bounds, held_out_scores), the choice of each fold's critic
-and epoch, and the estimate's error bars.
+call them on plain tensors; beside them, the training record (History),
+the plan it makes, the choice of each fold's critic and epoch, the
+estimate's error bars, and the held-out evaluation of the bound
+(held_out_bounds, held_out_scores).
+
+It imports mi_data_processing, never the reverse: the data module sits
+lowest (it loads TensorFlow, reads and writes files, and owns the rows'
+random streams), and the held-out pairings here draw from those streams
+(epoch_key, critic_draws).
 """
 
 from __future__ import annotations
@@ -253,10 +259,9 @@ class Plan:
     leader (the candidate of its highest decision bound so far) on every
     other fold by more than `margin` nats; a candidate stops training once
     every view has dropped it. The choice a view leaves is made on its
-    decision rows alone, never on the rows it reads. (Candidates that stay
-    within the margin train to the end: cutting them, or the run, earlier
-    cost sparse and additive-noise tasks more than 0.01 nats;
-    tests/BENCHMARKS.md.) The learning rate is --lr times 0.5 (1 + cos(pi
+    decision rows alone, never on the rows it reads; candidates within the
+    margin train to the end (why: tests/BENCHMARKS.md, "Why the code is as
+    it is"). The learning rate is --lr times 0.5 (1 + cos(pi
     epoch / n_epoch)) (cosine), or --lr throughout (constant); the run has
     n_epoch epochs.
     """

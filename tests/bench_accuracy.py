@@ -78,9 +78,9 @@ def estimate(path, seed, flags, output_dir):
     """Runs mi_main quietly; returns (summary, its History, wall seconds of the call in this process)."""
     captured, write_outputs = {}, mi_main.write_outputs
 
-    def capture(config, run, data, outcome, stop):
+    def capture(config, prepared, data, outcome, stop):
         captured["history"] = outcome.history
-        return write_outputs(config, run, data, outcome, stop)
+        return write_outputs(config, prepared, data, outcome, stop)
 
     start = time.perf_counter()
     mi_main.write_outputs = capture

@@ -44,7 +44,7 @@ def best_population_bound(training_rows, fresh_rows, activation, seed, n_epoch, 
         [*flags, "--activation", activation, "--n_epoch", str(n_epoch), "--seed", str(seed), "--folds", "1"]
     )
     steps = -(-len(training_rows) // config.batch_size)
-    compiled = mi_main.compiled_critics(config.program, 1, tf.distribute.get_strategy(), seed)
+    compiled = mi_main.compiled_critics(config.critic_settings, 1, tf.distribute.get_strategy(), seed)
     model = compiled.model
     best = -np.inf
     batches = epoch_batches([transform(training_rows)], config.batch_size, seed, 0, n_epoch, resample_latent_dim=1)

@@ -46,9 +46,9 @@ def history_of(argv):
     captured = {}
     write_outputs = mi_main.write_outputs
 
-    def capture(config, run, data, outcome, stop):
+    def capture(config, prepared, data, outcome, stop):
         captured["history"] = outcome.history
-        return write_outputs(config, run, data, outcome, stop)
+        return write_outputs(config, prepared, data, outcome, stop)
 
     mi_main.write_outputs = capture
     try:

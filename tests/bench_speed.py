@@ -62,7 +62,7 @@ def project_loop(rows, batch_size, jit=True):
     """Returns (rows/s after the first chunk, the first chunk's extra seconds): an epoch of more than
     CHUNK_ROWS rows comes in chunks, each one compiled call."""
     config = mi_main.Config(candidates="rank:tanh", lr=1e-4, jit=jit)
-    compiled = mi_main.compiled_critics(config.program, 1, tf.distribute.get_strategy(), 0)
+    compiled = mi_main.compiled_critics(config.critic_settings, 1, tf.distribute.get_strategy(), 0)
     compiled.set_learning_rate(config.lr, config.lr, 1)
     seconds, chunk_rows = [], []
     for batches, batch_rows in epoch_batches([rows], batch_size, 0, 0, 3, resample_latent_dim=1):

@@ -23,16 +23,18 @@ tf.config.set_logical_device_configuration(
 mi_main.start_process()
 
 
-def run_main(argv, capsys=None):
-    """Runs mi_main.main in this process; returns (exit status, stdout, stderr),
-    the last two captured when capsys is given."""
+def run_main(argv, capsys=None, status=0):
+    """Runs mi_main.main in this process and checks its exit status against
+    `status` (0: done); returns (exit status, stdout, stderr), the last two
+    captured when capsys is given."""
     try:
         mi_main.main(argv)
-        status = 0
+        code = 0
     except SystemExit as stop:
-        status = stop.code
+        code = stop.code
     captured = capsys.readouterr() if capsys else None
-    return status, captured and captured.out, captured and captured.err
+    assert code == status, f"exit status {code}, expected {status}" + (f"; stderr: {captured.err}" if captured else "")
+    return code, captured and captured.out, captured and captured.err
 
 
 def logged_scalars(logdir):

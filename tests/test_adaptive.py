@@ -18,8 +18,8 @@ SMALL_RUN += ["--n_epoch", "12"]
 
 
 def judge_early(monkeypatch):
-    monkeypatch.setattr(mi_main.Config, "DROP_FROM_EPOCH", 3)
-    monkeypatch.setattr(mi_main.Config, "DROP_AFTER_STEPS", 0)
+    monkeypatch.setattr(mi_main, "DROP_FROM_EPOCH", 3)
+    monkeypatch.setattr(mi_main, "DROP_AFTER_STEPS", 0)
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ def small_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_a_dropped_candidate_stops_training_and_is_saved_and_reported(quick_plan, small_file, tmp_path, capsys):
     status, out, _ = run_main(["--input", small_file, "--output_dir", str(tmp_path), "--quiet", *SMALL_RUN], capsys)
     summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
@@ -49,6 +50,7 @@ def test_a_dropped_candidate_stops_training_and_is_saved_and_reported(quick_plan
     assert training[epoch] == 1.0 and training[epoch + 1] == 0.0  # steps are epochs, from 1
 
 
+@pytest.mark.slow
 def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, small_file, tmp_path, monkeypatch):
     flags = ["--input", small_file, "--checkpoint_seconds", "0", "--quiet", *SMALL_RUN]
     whole = run_main([*flags, "--output_dir", str(tmp_path / "whole")])
@@ -79,7 +81,6 @@ def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, smal
 
 
 def test_candidates_are_judged_after_as_many_steps_on_small_inputs():
-    config = mi_main.Config(batch_size=256)
-    assert mi_main.first_judged_epoch(config, 4000) == config.DROP_FROM_EPOCH == 10  # 16 steps an epoch
-    assert mi_main.first_judged_epoch(config, 8000) == 10
-    assert mi_main.first_judged_epoch(config, 800) == 40  # 4 steps an epoch: 160 steps by epoch 40
+    assert mi_main.first_judged_epoch(16) == mi_main.DROP_FROM_EPOCH == 10  # 4,000 rows of batch 256
+    assert mi_main.first_judged_epoch(32) == 10
+    assert mi_main.first_judged_epoch(4) == 40  # 160 steps by epoch 40

@@ -49,6 +49,7 @@ def recording_compiled_critics(patch):
     return made
 
 
+@pytest.mark.slow
 def test_two_estimates_that_differ_only_in_adam_beta_2_share_no_program(monkeypatch):
     made = recording_compiled_critics(monkeypatch)
     x, z = gaussian()
@@ -59,7 +60,7 @@ def test_two_estimates_that_differ_only_in_adam_beta_2_share_no_program(monkeypa
 
 
 def test_every_setting_of_the_compiled_program_is_tried_below():
-    assert {name for changes in OTHER_VALUES for name in changes} == set(mi_main.PROGRAM_FIELDS)
+    assert {name for changes in OTHER_VALUES for name in changes} == set(mi_main.CRITIC_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +80,12 @@ def small_run(tmp_path_factory):
     return run, base_config, run(base_config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes", OTHER_VALUES, ids=lambda changes: ",".join(changes))
 def test_each_setting_of_the_compiled_program_makes_another_program_and_estimate(small_run, changes):
     run, base_config, (base_compiled, base_figures) = small_run
     compiled, figures = run(dataclasses.replace(base_config, **changes))
-    assert compiled is not base_compiled and compiled.program != base_compiled.program
+    assert compiled is not base_compiled and compiled.settings != base_compiled.settings
     assert figures != base_figures
 
 
@@ -110,6 +112,7 @@ def run_python(code, **environment):
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
 
 
+@pytest.mark.slow
 def test_importing_mi_main_sets_no_environment_variable():
     code = (
         "import os, tensorflow\n"
@@ -121,6 +124,7 @@ def test_importing_mi_main_sets_no_environment_variable():
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
+@pytest.mark.slow
 def test_many_estimates_in_one_process_keep_stderr_empty():
     # TensorFlow warned of retracing after five runs of a function made anew per run, or of one made per
     # configuration (here every call has its own learning rate, so its own compiled critics).

@@ -23,6 +23,7 @@ def small_file(known_mi_file):
     return known_mi_file(n_rows=1000, mi_nats=0.5, seed=5)
 
 
+@pytest.mark.slow
 def test_event_files_hold_the_scalars(small_file, tmp_path):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "3", *SMALL_RUN])
     values = logged_scalars(tmp_path / "logs")
@@ -80,12 +81,14 @@ def test_checkpoint_every_zero_writes_none(small_file, tmp_path):
 def test_resume_refuses_another_shape_or_input(small_file, known_mi_file, tmp_path, capsys):
     flags = ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "2", *SMALL_RUN]
     run_main(flags, capsys)
-    status, out, err = run_main([*flags, "--resume", "--hid_width", "16"], capsys)
+    status, out, err = run_main([*flags, "--resume", "--hid_width", "16"], capsys, status=2)
     assert status == 2 and "--hid_width 32, not 16" in err
     other = known_mi_file(n_rows=1000, mi_nats=0.5, seed=6, name="other.dat")
-    status, out, err = run_main([*flags, "--resume", "--input", other], capsys)
+    status, out, err = run_main([*flags, "--resume", "--input", other], capsys, status=2)
     assert status == 2 and "not the input file" in err
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path / "empty"), "--resume"], capsys)
+    status, out, err = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path / "empty"), "--resume"], capsys, status=2
+    )
     assert status == 2 and "no checkpoint" in err
 
 
@@ -127,7 +130,9 @@ def test_plot_without_matplotlib_stops_before_training(small_file, tmp_path, cap
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *rest: None if name == "matplotlib" else real_find_spec(name, *rest)
     )
-    status, out, err = run_main(["--input", small_file, "--output_dir", str(tmp_path / "out"), "--plot"], capsys)
+    status, out, err = run_main(
+        ["--input", small_file, "--output_dir", str(tmp_path / "out"), "--plot"], capsys, status=2
+    )
     assert status == 2
     assert err.strip() == "mi_main.py: error: --plot needs matplotlib, which is not installed: pip install matplotlib"
     assert not (tmp_path / "out").exists()
@@ -159,7 +164,9 @@ def test_evaluate_only_applies_the_column_checks(small_file, tmp_path, capsys):
     run_main(["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN])
     bad = tmp_path / "bad.dat"
     bad.write_text("1 2 3\n")
-    status, out, err = run_main(["--input", str(bad), "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys)
+    status, out, err = run_main(
+        ["--input", str(bad), "--evaluate_only", str(tmp_path / mi_main.CRITIC_FILE)], capsys, status=2
+    )
     assert status == 2 and "line 1: 3 columns" in err
 
 

@@ -43,6 +43,7 @@ def test_t_quantile_beyond_the_table(probability, dof, exact):
     assert t_quantile(probability, dof) == pytest.approx(exact, abs=0.005)
 
 
+@pytest.mark.slow
 def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=1500, mi_nats=0.5, seed=7)
     status, out, _ = run_main(
@@ -62,6 +63,7 @@ def test_three_folds_report_an_interval_around_their_estimate(known_mi_file, tmp
             assert (tmp_path / f"fold-{fold}" / name.replace(":", "-") / mi_main.CRITIC_FILE).exists()
 
 
+@pytest.mark.slow
 def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=800, mi_nats=0.5, seed=8)
     flags = ["--input", path, "--n_epoch", "3", *SMALL_RUN]
@@ -74,7 +76,7 @@ def test_one_fold_is_the_single_estimate(known_mi_file, tmp_path, capsys):
 def test_folds_refuse_a_distribution_strategy(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=9)
     status, _, err = run_main(
-        ["--input", path, "--output_dir", str(tmp_path), "--folds", "2", "--strategy", "mirrored"], capsys
+        ["--input", path, "--output_dir", str(tmp_path), "--folds", "2", "--strategy", "mirrored"], capsys, status=2
     )
     assert status == 2 and "--folds" in err and "--strategy mirrored" in err and len(err.strip().splitlines()) == 1
 
@@ -98,10 +100,12 @@ def test_several_candidates_refuse_streaming_and_replicas(known_mi_file, tmp_pat
             *flags,
         ],
         capsys,
+        status=2,
     )
     assert status == 2 and "--candidates" in err and named in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=10)
     # a constant rate: a cosine schedule stretches to the new --n_epoch on resuming

@@ -35,7 +35,7 @@ def test_cross_replica_bound_of_one_replica_is_the_plain_bound(estimator):
 def train_one_epoch(strategy, estimator, initial_weights, batches, batch_rows):
     # SGD: see test_training_loop, Adam magnifies float32 noise
     config = mi_main.Config(hid_width=32, candidates="rank:tanh", estimator=estimator, optimizer="sgd")
-    critics = mi_main.CompiledCritics(config.program, 1, strategy, seed=None)
+    critics = mi_main.CompiledCritics(config.critic_settings, 1, strategy, seed=None)
     critics.model.set_weights(initial_weights)
     critics.set_learning_rate(0.05, 0.05, 1)
     means, _, _ = critics.train_epoch([(batches, batch_rows)], None, 0, 1, [0])
@@ -49,6 +49,7 @@ def mirrored():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_mirrored_replicas_train_exactly_as_one_device(estimator, mirrored):
     rows = np.random.default_rng(0).standard_normal((70, 22)).astype(np.float32)
@@ -75,6 +76,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_give_the_single_process_estimate(known_mi_file, tmp_path):
     path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=8)
     flags = [

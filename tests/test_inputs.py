@@ -25,6 +25,7 @@ def gaussian(n_rows, mi_nats, data_dim=3, seed=0):
     return x, rho * x[:, :1] + math.sqrt(1 - rho**2) * rng.standard_normal((n_rows, 1))
 
 
+@pytest.mark.slow
 def test_estimate_from_arrays_is_near_the_truth_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x, z = gaussian(3000, 0.5)
@@ -35,6 +36,7 @@ def test_estimate_from_arrays_is_near_the_truth_and_writes_nothing(tmp_path, mon
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_estimate_with_an_output_dir_writes_what_the_command_line_writes(tmp_path):
     x, z = gaussian(800, 0.5)
     summary = mi_main.estimate(
@@ -74,20 +76,22 @@ def test_estimate_refuses_bad_input_with_the_command_lines_message(arrays, flags
         mi_main.estimate(x, z, **flags)
 
 
-def run_quietly(argv, capsys, tmp_path):
-    return run_main([*argv, *TINY_RUN, "--quiet", "--output_dir", str(tmp_path / "out")], capsys)
+def run_quietly(argv, capsys, tmp_path, status=0):
+    return run_main([*argv, *TINY_RUN, "--quiet", "--output_dir", str(tmp_path / "out")], capsys, status)
 
 
+@pytest.mark.slow
 def test_npy_in_the_reference_layout(tmp_path, capsys):
     x, z = gaussian(600, 0.5, data_dim=10)
     np.save(tmp_path / "rows.npy", np.column_stack([x, z, x, np.random.default_rng(1).permutation(z)]))
     status, out, _ = run_quietly(["--input", str(tmp_path / "rows.npy")], capsys, tmp_path)
     assert status == 0 and out.startswith("estimated I(X; Z)")
     np.save(tmp_path / "narrow.npy", x)
-    status, _, err = run_quietly(["--input", str(tmp_path / "narrow.npy")], capsys, tmp_path)
+    status, _, err = run_quietly(["--input", str(tmp_path / "narrow.npy")], capsys, tmp_path, status=2)
     assert status == 2 and "narrow.npy: 10 columns, expected 22 or 11" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_npz_with_arrays_x_and_z(tmp_path, capsys):
     x, z = gaussian(600, 0.5)
     np.savez(tmp_path / "arrays.npz", x=x, z=z)
@@ -95,7 +99,7 @@ def test_npz_with_arrays_x_and_z(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / mi_main.SUMMARY_FILE).read_text())
     assert status == 0 and summary["hyperparameters"]["data_dim"] == 3
     np.savez(tmp_path / "no_z.npz", x=x, y=z)
-    status, _, err = run_quietly(["--input", str(tmp_path / "no_z.npz")], capsys, tmp_path)
+    status, _, err = run_quietly(["--input", str(tmp_path / "no_z.npz")], capsys, tmp_path, status=2)
     assert status == 2 and "no array named 'z' (it holds: x, y)" in err
 
 
@@ -107,6 +111,7 @@ def write_table(path, header, rows, delimiter=","):
     return str(path)
 
 
+@pytest.mark.slow
 def test_csv_columns_by_name_and_by_range(tmp_path, capsys):
     x, z = gaussian(600, 0.5)
     noise = np.random.default_rng(2).standard_normal(600)
@@ -141,7 +146,7 @@ def test_csv_refusals_name_the_column_and_line(tmp_path, capsys, change, columns
     if change:
         cells[2][1] = "oops" if change == "text" else ""
     path = write_table(tmp_path / "table.csv", ["a", "b", "c", "noise", "y"], cells)
-    status, _, err = run_quietly(["--input", path, *columns], capsys, tmp_path)
+    status, _, err = run_quietly(["--input", path, *columns], capsys, tmp_path, status=2)
     assert status == 2 and len(err.strip().splitlines()) == 1
     for fragment in expected:
         assert fragment in err

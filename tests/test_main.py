@@ -1,7 +1,6 @@
 """mi_main.py end to end: flags, bad input, outputs, and the estimate on
 data whose true mutual information is known."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ def write_rows(tmp_path, rows, name="rows.dat"):
 
 def assert_refused(argv, capsys, tmp_path, *expected):
     output_dir = tmp_path / "refused"
-    status, _, err = run_main(argv + ["--output_dir", str(output_dir)], capsys)
+    status, _, err = run_main(argv + ["--output_dir", str(output_dir)], capsys, status=2)
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -75,6 +74,7 @@ def test_too_few_rows_for_any_estimate_says_what_is_needed(tmp_path, capsys):
     assert_refused(["--input", path], capsys, tmp_path, "7 rows", "at least 8")
 
 
+@pytest.mark.slow
 def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, capsys):
     path = write_rows(tmp_path, make_known_mi_rows(12, 0.5, seed=3)[0])
     status, out, _ = run_main(["--input", path, "--n_epoch", "2", "--output_dir", str(tmp_path / "out")], capsys)
@@ -86,24 +86,29 @@ def test_a_small_input_adapts_the_default_folds_and_batch_and_says_so(tmp_path, 
 
 
 def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
-    budget, adapt = mi_main.Config.STEP_BUDGET, mi_data_processing.batch_and_epochs_for_rows
+    budget, adapt = mi_main.STEP_BUDGET, mi_main.batch_and_epochs_for_rows
     given = mi_main.parse_flags(["--batch_size", "8"])
-    config, notes = adapt(given, 1600, budget)  # 200 steps an epoch
+    config, notes = adapt(given, 1600)  # 200 steps an epoch
     assert config.n_epoch == budget // 200 and notes == [f"16 epochs, not {given.n_epoch}: 3,200 steps of 200 an epoch"]
     assert given.n_epoch == mi_main.Config.n_epoch  # a new Config: the one given is as it was
-    config, notes = adapt(mi_main.parse_flags(["--batch_size", "8", "--n_epoch", "100"]), 1600, budget)
+    config, notes = adapt(mi_main.parse_flags(["--batch_size", "8", "--n_epoch", "100"]), 1600)
     assert notes == [] and config.n_epoch == 100
-    config, notes = adapt(mi_main.parse_flags([]), 8000, budget)
+    config, notes = adapt(mi_main.parse_flags([]), 8000)
     assert notes == [] and config.n_epoch == mi_main.Config.n_epoch  # 10,000 rows: as before
 
 
 def test_large_held_out_folds_are_read_on_one_shard():
-    rows = np.random.default_rng(0).standard_normal((140_000, 2))
-    config = mi_main.parse_flags(["--folds", "2", "--candidates", "rank:tanh", "--data_dim", "1"])
-    _, data = mi_data_processing.in_memory_data(dataclasses.replace(config, input=None), (rows[:, :1], rows[:, 1:]))
-    assert [len(held_out) for held_out in data.held_out_rows] == [mi_data_processing.SHARD_ROWS] * 2
-    assert data.training_counts == [70_000, 70_000]
-    assert "read on 65,536 of each critic's 70,000 held-out rows" in data.adapted
+    rows = 140_000
+    splits = [mi_data_processing.fold_indices(rows, 2, fold, seed=0) for fold in range(2)]
+    capped, notes = mi_main.held_out_capped(splits)
+    assert [len(held_out) for _, held_out in capped] == [mi_data_processing.SHARD_ROWS] * 2
+    assert [len(training) for training, _ in capped] == [70_000, 70_000]
+    assert all(
+        np.array_equal(held_out[: len(kept)], kept) for (_, held_out), (_, kept) in zip(splits, capped, strict=True)
+    )
+    assert notes == ["read on 65,536 of each critic's 70,000 held-out rows"]
+    small = [(np.arange(10), np.arange(5))]
+    assert mi_main.held_out_capped(small) == (small, [])  # the same splits, no note
 
 
 def test_token_that_is_not_a_number_names_the_line(tmp_path, capsys):
@@ -169,6 +174,7 @@ def run_real_process(argv, cwd):
     )
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "bad.dat"
     path.write_text("1 2 3\n")
@@ -178,6 +184,7 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr and str(path) in result.stderr
 
 
+@pytest.mark.slow
 def test_a_normal_run_in_a_real_process_prints_nothing_on_stderr(known_mi_file, tmp_path):
     path = known_mi_file(n_rows=600, mi_nats=0.5, seed=12)
     result = run_real_process(
@@ -231,6 +238,7 @@ def test_the_persistent_xla_cache_lives_per_cpu_and_turns_off(monkeypatch, tmp_p
         assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={folder}" and folder.is_dir()
 
 
+@pytest.mark.slow
 def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=3000, mi_nats=1.0, seed=1)
     output_dir = tmp_path / "out"
@@ -266,6 +274,7 @@ def test_estimate_on_known_mi_file_and_output_files(known_mi_file, tmp_path, cap
     assert summary["mi_estimate"] == pytest.approx(1.0, abs=0.15)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["mine", "mine_biased", "mine_f"])
 def test_each_estimator_end_to_end(known_mi_file, tmp_path, capsys, estimator):
     path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=2)
@@ -280,6 +289,7 @@ def test_each_estimator_end_to_end(known_mi_file, tmp_path, capsys, estimator):
     assert summary["mi_estimate"] == pytest.approx(0.5, abs=0.15)
 
 
+@pytest.mark.slow
 def test_joint_only_file_gets_resampled_marginals(tmp_path, capsys):
     rows, _ = make_known_mi_rows(2000, 0.5, seed=3)
     path = write_rows(tmp_path, rows[:, :11])
@@ -290,6 +300,7 @@ def test_joint_only_file_gets_resampled_marginals(tmp_path, capsys):
     assert_refused(["--input", path, "--marginal", "file"], capsys, tmp_path, "--marginal file", "joint half alone")
 
 
+@pytest.mark.slow
 def test_val_fraction_zero_reports_the_training_rows_as_the_reference(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=1000, mi_nats=0.5, seed=4)
     output_dir = tmp_path / "out"
@@ -315,6 +326,7 @@ def assert_reference_files_at_the_top(output_dir, n_epoch):
     return estimates, parts, held_out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")
 @pytest.mark.parametrize("folds", [[], ["--folds", "1"]], ids=["default folds", "one split"])
 def test_the_reference_run_on_its_own_sample(tmp_path, capsys, folds):
@@ -327,6 +339,7 @@ def test_the_reference_run_on_its_own_sample(tmp_path, capsys, folds):
     assert_reference_files_at_the_top(output_dir, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SHARED_SAMPLE), reason="the reference sample lives in ../shared")
 def test_the_reference_sample_at_the_defaults(tmp_path, capsys):
     output_dir = tmp_path / "out"
@@ -335,6 +348,7 @@ def test_the_reference_sample_at_the_defaults(tmp_path, capsys):
     assert_reference_files_at_the_top(output_dir, 3)
 
 
+@pytest.mark.slow
 def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=1500, mi_nats=0.5, seed=11)
     output_dir = tmp_path / "out"
@@ -354,6 +368,7 @@ def test_default_run_writes_the_critics_mean_at_the_top(known_mi_file, tmp_path,
     assert (output_dir / mi_data_processing.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_streamed_run_from_a_cache(known_mi_file, tmp_path, capsys):
     path = known_mi_file(n_rows=2000, mi_nats=0.5, seed=6)
     flags = ["--input", path, "--cache_dir", str(tmp_path / "cache"), "--n_epoch", "30"]

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 import mi_model
-from mi_data_processing import History
 from mi_model import (
     ESTIMATORS,
+    History,
     MineModel,
     Plan,
     chosen_in_views,
@@ -140,10 +140,13 @@ def test_padding_rows_leave_the_bound_as_the_real_rows_alone():
 
 
 def test_each_critic_has_its_own_bound():
-    scores = tf.constant([[[1.0], [1.0]], [[2.0], [0.0]]])
-    bound, joint_part, marginal_part = donsker_varadhan_bound(scores, tf.zeros([2, 2, 1]))
-    np.testing.assert_allclose(joint_part.numpy(), [1.0, 1.0])
-    np.testing.assert_allclose(bound.numpy(), [1.0, 1.0], atol=1e-6)
+    # Critics whose scores differ in mean and spread: a bound pooled over the critics would read 1.25 - log 2.
+    scores = tf.constant([[[1.0], [1.0]], [[3.0], [0.0]]])
+    marginal = tf.constant([[[0.0], [0.0]], [[math.log(3.0)], [math.log(3.0)]]])
+    bound, joint_part, marginal_part = donsker_varadhan_bound(scores, marginal)
+    np.testing.assert_allclose(joint_part.numpy(), [1.0, 1.5])
+    np.testing.assert_allclose(marginal_part.numpy(), [0.0, math.log(3.0)], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(bound.numpy(), [1.0, 1.5 - math.log(3.0)], rtol=1e-6, atol=1e-6)
 
 
 def history_of(held_out=None, half_a=None, half_b=None):
@@ -218,13 +221,13 @@ def test_a_candidate_within_the_margin_or_ahead_on_one_fold_goes_on():
 
 def test_the_learning_rate_follows_a_cosine_over_exactly_n_epoch():
     fixed = plan(1, 1, n_epoch=4)
-    assert fixed.next_factors() == pytest.approx((1.0, 0.5 * (1 + np.cos(np.pi / 4))))
+    assert fixed.learning_rate_shares() == pytest.approx((1.0, 0.5 * (1 + np.cos(np.pi / 4))))
     for epochs in range(1, 4):
         fixed = fixed.after(history_of(np.full((epochs, 1), 0.3)))
         assert not fixed.finished()
-    assert fixed.next_factors() == pytest.approx((0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0))
+    assert fixed.learning_rate_shares() == pytest.approx((0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0))
     assert fixed.after(history_of(np.full((4, 1), 0.3))).finished()
-    assert plan(1, 1, schedule="constant").next_factors() == (1.0, 1.0)
+    assert plan(1, 1, schedule="constant").learning_rate_shares() == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

@@ -27,6 +27,7 @@ def small_file(known_mi_file):
     return known_mi_file(n_rows=1000, mi_nats=0.5, seed=5)
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path, capsys):
     # relu: with tanh's bounded hidden units even this rate keeps every value finite
     status, out, err = run_main(
@@ -48,6 +49,7 @@ def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path,
             "rank:relu",
         ],
         capsys,
+        status=3,
     )
     assert status == 3
     assert err.strip().count("\n") == 0 and "smaller --lr" in err
@@ -57,6 +59,7 @@ def test_divergence_keeps_the_completed_epochs_and_exits_3(small_file, tmp_path,
     assert len(estimates) == summary["epochs_completed"] and np.isfinite(estimates).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_epoch_and_keeps_its_results(known_mi_file, tmp_path, signal_number):
     path = known_mi_file(n_rows=4000, mi_nats=0.5, seed=3)
@@ -100,7 +103,7 @@ def test_a_failed_write_leaves_the_previous_files_whole(small_file, tmp_path, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(mi_data_processing, "save_rows", disk_full)
-    status, out, err = run_main([*flags, "--n_epoch", "3"], capsys)
+    status, out, err = run_main([*flags, "--n_epoch", "3"], capsys, status=1)
     assert status == 1 and "No space left on device" in err
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
@@ -108,7 +111,7 @@ def test_a_failed_write_leaves_the_previous_files_whole(small_file, tmp_path, ca
 def test_a_second_run_into_the_same_directory_is_refused(small_file, tmp_path, capsys):
     (tmp_path / mi_data_processing.LOCK_FILE).write_text(f"{os.getppid()}\n")  # a live process
     status, out, err = run_main(
-        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys
+        ["--input", small_file, "--output_dir", str(tmp_path), "--n_epoch", "1", *SMALL_RUN], capsys, status=2
     )
     assert status == 2 and f"process {os.getppid()}" in err
 

@@ -20,8 +20,8 @@ SMALL_SGD = Config(hid_width=32, candidates="rank:tanh", optimizer="sgd", lr=0.0
 
 def compiled(critics=1, jit=True, seed=0):
     """The run's CompiledCritics of a small network trained by SGD at 0.05."""
-    program = dataclasses.replace(SMALL_SGD, jit=jit).program
-    stack = CompiledCritics(program, critics, tf.distribute.get_strategy(), seed)
+    settings = dataclasses.replace(SMALL_SGD, jit=jit).critic_settings
+    stack = CompiledCritics(settings, critics, tf.distribute.get_strategy(), seed)
     stack.set_learning_rate(0.05, 0.05, 1)
     return stack
 
@@ -71,6 +71,7 @@ def test_an_exact_multiple_of_the_batch_has_no_padded_step():
     assert batches.shape == (1, 4, 16, 22) and list(batch_rows.numpy()) == [16] * 4
 
 
+@pytest.mark.slow
 def test_stacked_critics_train_exactly_as_separate_ones():
     """Three critics in one stacked network, on three folds' rows (a row
     apart in size), against three one-critic networks started from the
@@ -115,12 +116,13 @@ def constant_rate(rate):
     return schedule
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, recovered", [([], True), (["--adam_beta_2", "0.999"], False)])
 def test_adam_forgets_one_huge_gradient_within_1000_steps_at_the_default(flags, recovered):
     # A gradient 1,000 times the usual, then usual ones: Adam's steps stay
     # small until its squared-gradient average forgets the huge one.
     config = parse_flags(flags)
-    optimizer = make_optimizer(config.program, constant_rate(config.lr))
+    optimizer = make_optimizer(config.critic_settings, constant_rate(config.lr))
     weight = tf.Variable([0.0])
     optimizer.build([weight])
     optimizer.apply_gradients([(tf.constant([1000.0]), weight)])
@@ -136,7 +138,7 @@ def test_each_candidate_decays_only_its_own_critics():
     # every weight of a wd0.5 critic times 1 - 0.5 * lr, the other candidate's critics untouched.
     config = parse_flags(["--candidates", "rank:tanh,asinh:relu:wd0.5"])
     model = MineModel(10, 1, 8, 1, activation=["tanh", "relu"] * 2, critics=4, seed=1)
-    optimizer = make_optimizer(config.program, constant_rate(0.1), critics=4)
+    optimizer = make_optimizer(config.critic_settings, constant_rate(0.1), critics=4)
     before = [variable.numpy() for variable in model.trainable_variables]
     optimizer.apply_gradients([(tf.zeros_like(variable), variable) for variable in model.trainable_variables])
     for old, variable in zip(before, model.trainable_variables, strict=True):
