@@ -487,9 +487,10 @@ def critic_orders(seed: Any, epoch: Any, ids: tf.Tensor, counts: tf.Tensor, most
     return tf.map_fn(order, (ids, counts), fn_output_signature=tf.int32, parallel_iterations=1)
 
 
-def steps_for(rows: int, batch_size: int) -> int:
-    """Gradient steps of an epoch of `rows` rows: full batches, and one more for the rows left over."""
-    return -(-rows // batch_size)
+def ceil_div(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded up: the steps of an epoch of `numerator` rows in batches of `denominator`,
+    the last batch holding the rows left over."""
+    return -(-numerator // denominator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,7 +547,7 @@ class TrainingRows:
 
     @property
     def steps_per_epoch(self) -> int:
-        return steps_for(self.rows_per_epoch, self.batch_size)
+        return ceil_div(self.rows_per_epoch, self.batch_size)
 
     def epochs(self, first_epoch: int, critic_ids: list[int]) -> Iterator[Chunks]:
         """For each epoch from first_epoch to n_epoch - 1, the chunks of the critics critic_ids, with a leading
@@ -608,9 +609,9 @@ class InMemoryRows(TrainingRows):
         train on as many rows as the smallest has, to step together (one with a row more leaves out another
         each epoch), in chunks of about CHUNK_ROWS rows per critic."""
         used = int(self.critic_rows.counts[critic_ids].min())
-        steps = steps_for(used, self.batch_size)
-        chunk_steps = -(-steps // steps_for(steps * self.batch_size, CHUNK_ROWS))
-        return used, chunk_steps, -(-steps // chunk_steps)
+        steps = ceil_div(used, self.batch_size)
+        chunk_steps = ceil_div(steps, ceil_div(steps * self.batch_size, CHUNK_ROWS))
+        return used, chunk_steps, ceil_div(steps, chunk_steps)
 
     def chunks(self, first_epoch: int, critic_ids: list[int]) -> tf.data.Dataset:
         """A tf.data pipeline of every chunk of epochs first_epoch, ...,
@@ -622,7 +623,7 @@ class InMemoryRows(TrainingRows):
         epoch is held whole in memory."""
         used, chunk_steps, per_epoch = self.chunk_layout(critic_ids)
         ids = tf.constant(critic_ids, tf.int32)
-        padding = max(0, steps_for(used, self.batch_size) * self.batch_size - self.critic_rows.indices.shape[1])
+        padding = max(0, ceil_div(used, self.batch_size) * self.batch_size - self.critic_rows.indices.shape[1])
         order_of, chunk = self.epoch_functions
 
         @tf.autograph.experimental.do_not_convert  # converting the pipeline's functions cost 0.24 s a pipeline

@@ -77,7 +77,7 @@ from mi_data_processing import (  # isort: skip
     save_json,
     split_indices,
     stacked_rows,
-    steps_for,
+    ceil_div,
     tensorflow_log_filtered,
     write_atomically,
     write_critic_files,
@@ -475,9 +475,9 @@ def batch_and_epochs_for_rows(config: Config, training_rows: int) -> tuple[Confi
     if "batch_size" in config.adaptable and training_rows < batch_size:
         batch_size = training_rows
         notes.append(f"batch {batch_size}, not {config.batch_size}: a critic trains on {training_rows} rows")
-    steps = steps_for(training_rows, batch_size)
+    steps = ceil_div(training_rows, batch_size)
     if "n_epoch" in config.adaptable and steps * n_epoch > STEP_BUDGET:
-        n_epoch = max(1, -(-STEP_BUDGET // steps))
+        n_epoch = max(1, ceil_div(STEP_BUDGET, steps))
         notes.append(
             f"{n_epoch} epoch{'s' if n_epoch > 1 else ''}, not {config.n_epoch}: {STEP_BUDGET:,} steps of {steps:,} "
             "an epoch"
@@ -498,7 +498,7 @@ def held_out_capped(
 def first_judged_epoch(steps_per_epoch: int) -> int:
     """The first epoch after which the plan may drop a candidate: DROP_FROM_EPOCH, or later where an epoch has
     too few steps for the slower candidates to have caught up."""
-    return max(DROP_FROM_EPOCH, -(-DROP_AFTER_STEPS // steps_per_epoch))
+    return max(DROP_FROM_EPOCH, ceil_div(DROP_AFTER_STEPS, steps_per_epoch))
 
 
 def check_input_against_flags(config: Config, total_rows: int, file_width: int) -> None:
