@@ -493,7 +493,7 @@ def ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CriticRows:
     """Every critic's training rows, each row held once: maps [maps, rows,
     columns] holds the input through each input map, and critic k trains on
@@ -520,7 +520,7 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
 Chunks = Iterable[tuple[tf.Tensor, tf.Tensor]]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TrainingRows:
     """Where each epoch's rows come from, for all the critics: InMemoryRows
     or StreamedRows, each with its own epochs(). held_out_rows and
@@ -555,7 +555,7 @@ class TrainingRows:
         raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class InMemoryRows(TrainingRows):
     """The rows in memory, each input map's copy once (CriticRows). Its
     tf.data pipeline is made of two functions traced once per run
@@ -681,7 +681,7 @@ class InMemoryRows(TrainingRows):
         return order_of, chunk
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StreamedRows(TrainingRows):
     """One critic's rows streamed from a binary cache (build_cache) in
     bounded memory: its training rows are the first training_counts[0] rows
