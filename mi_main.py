@@ -93,7 +93,7 @@ def setting(default: Any, help: str, group: str, kind: type | None = None, **tra
     """A field of Config: its default and its flag's help and group (model, data, training, output). kind is
     how the flag is read (the default's type unless given); traits are the flag's bounds (above, at_least,
     below), choices and metavar, and the roles that keys are derived from:
-      builds_critics: a setting the compiled critics are built from, part of their cache key (CriticSettings);
+      compiled: a setting the compiled critics are built from, part of their cache key (CriticSettings);
       resume:  one a resumed run must share with its checkpoint (Config.identity, run.json);
       adapts:  "unless given" or "at its default": a default the input's size or arrays may change;
       replayed=False: left out of flags.txt (--resume: replaying a run must not resume it)."""
@@ -118,10 +118,8 @@ class Config:
     the input's size, or dimensions taken from arrays, make a new one (dataclasses.replace)."""
 
     # Model: the network T, its candidates and its bound
-    hid_width: int = setting(128, "units in each hidden layer of T", "model", above=0, builds_critics=True, resume=True)
-    out_width: int = setting(
-        1, "outputs of T (1: one score per sample)", "model", above=0, builds_critics=True, resume=True
-    )
+    hid_width: int = setting(128, "units in each hidden layer of T", "model", above=0, compiled=True, resume=True)
+    out_width: int = setting(1, "outputs of T (1: one score per sample)", "model", above=0, compiled=True, resume=True)
     # Candidate critics trained side by side on every fold; each fold is read at the (candidate, epoch) with the
     # highest mean held-out bound over the other folds. Weight decay (wd) lifts sparse and heavy-tailed
     # dependence; two decays, since the stronger loses additive noise (tests/BENCHMARKS.md).
@@ -133,7 +131,7 @@ class Config:
         "--strategy other than default or no held-out rows)",
         "model",
         kind=Candidate,
-        builds_critics=True,
+        compiled=True,
         resume=True,
     )
     activation: str | None = setting(
@@ -144,27 +142,18 @@ class Config:
         kind=str,
         choices=ACTIVATIONS,
     )
-    data_dim: int = setting(
-        10, "columns of x", "model", above=0, builds_critics=True, resume=True, adapts="at its default"
-    )
-    latent_dim: int = setting(
-        1, "columns of z", "model", above=0, builds_critics=True, resume=True, adapts="at its default"
-    )
+    data_dim: int = setting(10, "columns of x", "model", above=0, compiled=True, resume=True, adapts="at its default")
+    latent_dim: int = setting(1, "columns of z", "model", above=0, compiled=True, resume=True, adapts="at its default")
     estimator: str = setting(
         "mine",
         "mine: bias-corrected gradient; mine_biased: the reference's; mine_f: f-divergence bound",
         "model",
         choices=ESTIMATORS,
-        builds_critics=True,
+        compiled=True,
         resume=True,
     )
     ema_rate: float = setting(
-        0.01,
-        "weight of each batch in --estimator mine's moving average",
-        "model",
-        at_least=0,
-        below=1,
-        builds_critics=True,
+        0.01, "weight of each batch in --estimator mine's moving average", "model", at_least=0, below=1, compiled=True
     )
     # Data
     input: str | None = setting(
@@ -221,7 +210,7 @@ class Config:
         "it is",
         "data",
         choices=("resample", "file"),
-        builds_critics=True,
+        compiled=True,
         resume=True,
     )
     cache_dir: str | None = setting(
@@ -234,7 +223,7 @@ class Config:
         262_144, "rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows", "data", above=0
     )
     eval_permutations: int = setting(
-        4, "fresh marginal pairings averaged per held-out evaluation", "data", above=0, builds_critics=True
+        4, "fresh marginal pairings averaged per held-out evaluation", "data", above=0, compiled=True
     )
     # Training
     batch_size: int = setting(
@@ -260,7 +249,7 @@ class Config:
         choices=("cosine", "constant"),
     )
     optimizer: str = setting(
-        "adam", "sgd is the reference's", "training", choices=("adam", "sgd"), builds_critics=True, resume=True
+        "adam", "sgd is the reference's", "training", choices=("adam", "sgd"), compiled=True, resume=True
     )
     # Keras's 0.999 remembers one huge gradient (a heavy-tailed batch, weighted by exp T) for about 1,000 steps
     # and stalls the critic meanwhile.
@@ -270,10 +259,10 @@ class Config:
         "training",
         at_least=0,
         below=1,
-        builds_critics=True,
+        compiled=True,
     )
     seed: int = setting(0, "seeds the split, the weights and the shuffles", "training", resume=True)
-    jit: bool = setting(True, "compile each epoch with XLA", "training", builds_critics=True)
+    jit: bool = setting(True, "compile each epoch with XLA", "training", compiled=True)
     strategy: str = setting(
         "default",
         "tf.distribute strategy: one device; all local GPUs (or --cpu_replicas CPU devices); the workers of the "
@@ -350,11 +339,11 @@ class Config:
 FLAG_FIELDS = {field.name: field for field in dataclasses.fields(Config) if "help" in field.metadata}
 
 
-CRITIC_SETTINGS = [name for name, field in FLAG_FIELDS.items() if field.metadata.get("builds_critics")]
+CRITIC_SETTINGS = [name for name, field in FLAG_FIELDS.items() if field.metadata.get("compiled")]
 
 
 class CriticSettings(collections.namedtuple("CriticSettingsFields", CRITIC_SETTINGS)):  # type: ignore[misc]
-    """The settings the compiled critics are built from: Config's fields with the trait builds_critics. make_model,
+    """The settings the compiled critics are built from: Config's fields with the trait compiled. make_model,
     make_optimizer and CompiledCritics see nothing else, so no setting reaches a compiled program outside the
     key that caches it (COMPILED_CRITICS)."""
 
