@@ -554,6 +554,10 @@ class TrainingRows:
         critic axis."""
         raise NotImplementedError
 
+    def training_sample(self, critic: int) -> np.ndarray:
+        """Samples (x, z) [rows, sample_width] of the critic's training rows, through its input map."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class InMemoryRows(TrainingRows):
@@ -603,6 +607,12 @@ class InMemoryRows(TrainingRows):
         per_epoch = self.chunk_layout(critic_ids)[2]
         for _ in range(first_epoch, self.n_epoch):
             yield itertools.islice(chunks, per_epoch)
+
+    def training_sample(self, critic: int) -> np.ndarray:
+        """Every training row of the critic, its joint half through its input map."""
+        rows = self.critic_rows
+        indices = rows.indices[critic, : rows.counts[critic]]
+        return tf.gather(rows.maps[int(rows.map_of[critic])], indices).numpy()[:, : rows.maps.shape[-1] // 2]
 
     def chunk_layout(self, critic_ids: list[int]) -> tuple[int, int, int]:
         """(rows each critic trains on an epoch, steps a chunk, chunks an epoch) of the critics critic_ids: all
@@ -741,6 +751,12 @@ class StreamedRows(TrainingRows):
             shuffle_buffer=shuffle_buffer,
             transform=transform,
         )
+
+    def training_sample(self, critic: int) -> np.ndarray:
+        """The first shard of the training rows (the file should be in random order), through the input map."""
+        first = read_cached_rows(self.cache_path, self.file_width, 0, min(SHARD_ROWS, self.training_counts[0]))
+        mapped = self.transform(first)
+        return mapped[:, : mapped.shape[1] // 2]
 
     def epochs(self, first_epoch: int, critic_ids: list[int]) -> Iterator[Chunks]:
         """Each epoch's chunks, one per window of shuffle_buffer rows (streamed_epoch); one critic: ids is [0]."""

@@ -84,8 +84,17 @@ from mi_data_processing import (  # isort: skip
 )
 import tensorflow as tf
 
-from mi_layers import ACTIVATIONS, training_flops_per_row
-from mi_model import ESTIMATORS, History, MineModel, Plan, chosen_critics_stderr, chosen_estimate, held_out_bounds
+from mi_layers import ACTIVATIONS, FITTED_ACTIVATIONS, copula_pair_terms, copula_weights, training_flops_per_row
+from mi_model import (
+    ESTIMATORS,
+    History,
+    MineModel,
+    Plan,
+    chosen_critics_stderr,
+    chosen_estimate,
+    every_pair_bound,
+    held_out_bounds,
+)
 
 
 # The settings: every default of a run, and what each one belongs to
@@ -516,10 +525,14 @@ def check_split(config: Config, rows: int, training_rows: int, held_out_rows: in
 
 
 # The training step
-def make_train_step(model: MineModel, optimizer: tf.keras.optimizers.Optimizer) -> Callable[..., tf.Tensor]:
+def make_train_step(
+    model: MineModel, optimizer: tf.keras.optimizers.Optimizer, trained: np.ndarray | None = None
+) -> Callable[..., tf.Tensor]:
     """The training step of the reference: one gradient step on a batch,
     [critics, rows, columns], for every critic at once; real_rows
     [critics, rows] marks padding rows with 0 (None: every row is real).
+    trained [critics] marks with 0 the critics whose weights are fitted,
+    not trained: their gradient is 0, and Adam leaves them as they are.
 
     Returns [critics, 3]: (bound, joint_part, marginal_part) of each
     critic's batch.
@@ -528,7 +541,8 @@ def make_train_step(model: MineModel, optimizer: tf.keras.optimizers.Optimizer) 
     def train_step(batch: tf.Tensor, real_rows: tf.Tensor | None = None) -> tf.Tensor:
         with tf.GradientTape() as tape:
             cost, joint_part, marginal_part = model(batch, real_rows, training=True)
-            total_cost = tf.reduce_sum(cost)  # critics share no weight: each gets its own gradient
+            trained_cost = cost if trained is None else cost * trained
+            total_cost = tf.reduce_sum(trained_cost)  # critics share no weight: each gets its own gradient
         gradients = tape.gradient(total_cost, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return tf.stack([-cost, joint_part, marginal_part], axis=1)
@@ -562,6 +576,8 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
         # and dispatch twice). Loading from XLA's cache logs noise on stderr.
         with tensorflow_log_filtered(CACHE_LOAD_NOISE) if compiling else contextlib.nullcontext():
             training, held_out, rows_trained = compiled.train_epoch(next(epochs), halves, config.seed, epoch, ids)
+        for position, critic in enumerate(ids):
+            held_out[position] = prepared.fitted_readings.get(critic, held_out[position])
         if not np.isfinite(training).all():
             # A non-finite loss or gradient poisons every later step of the epoch: nothing of it is kept, and the
             # last checkpoint stays.
@@ -759,7 +775,9 @@ class CompiledCritics:
             self.optimizer = make_optimizer(settings, self.schedule, critics)
             self.optimizer.build(self.model.trainable_variables)
         self.initial_optimizer_state = [variable.numpy() for variable in self.optimizer.variables]
-        self.train_step = make_train_step(self.model, self.optimizer)
+        fitted = [candidate.activation in FITTED_ACTIVATIONS for candidate in settings.candidates]
+        trained = np.array([not fitted[k % len(fitted)] for k in range(critics)], np.float32) if any(fitted) else None
+        self.train_step = make_train_step(self.model, self.optimizer, trained)
         # Each function of these critics is a partial of its method, not the bound method: TensorFlow counts
         # traces per code object, unless the function has none, and warned of retracing on stderr after a few
         # configurations of a sweep had each traced once.
@@ -1024,6 +1042,7 @@ class PreparedRun:
     summaries: EpochSummaries
     flops_per_row: int
     adapted: list[str]  # the start line's notes on the defaults adapted to the input
+    fitted_readings: dict[int, np.ndarray]  # a fitted critic's bounds on its held-out halves, read on every pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1059,6 +1078,7 @@ def prepare(
         for epochs in range(1, len(history) + 1):
             plan = plan.after(history.first(epochs))
     compiled = compiled_critics(critic_settings_of(config, plan), len(plan.critic_ids), strategy, config.seed)
+    fitted_readings = fit_critics(config, data, compiled, plan.critic_ids)
     checkpoint = open_checkpoint(config, compiled, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     prepared = PreparedRun(
@@ -1073,10 +1093,37 @@ def prepare(
         summaries=EpochSummaries(logdir, flags_file_text(config), len(history)),
         flops_per_row=training_flops_per_row(config.data_dim + config.latent_dim, config.hid_width, config.out_width),
         adapted=adapted,
+        fitted_readings=fitted_readings,
     )
     if not config.quiet:
         print(start_line(config, prepared, data))
     return prepared
+
+
+def fit_critics(
+    config: Config, data: TrainingRows, compiled: CompiledCritics, critic_ids: list[int]
+) -> dict[int, np.ndarray]:
+    """The weights of each critic of a fitted candidate (copula), from its training rows (a resumed run then
+    restores the same from its checkpoint), and its bound on each of its held-out halves, read on every pair of
+    the half: the same every epoch, since its weights never change."""
+    network, readings = compiled.model.statistics_network, {}
+    for position, critic in enumerate(critic_ids):
+        if config.candidates[critic % len(config.candidates)].activation not in FITTED_ACTIVATIONS:
+            continue
+        weights = copula_weights(data.training_sample(critic), config.data_dim, config.hid_width, config.out_width)
+        network.set_critic_weights(position, weights)
+        held_out = data.held_out_rows[critic]
+        if len(held_out) >= 2:
+            halves = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]
+            readings[critic] = np.array(
+                [
+                    every_pair_bound(
+                        *copula_pair_terms(weights, half[:, : config.data_dim], half[:, config.data_dim :])
+                    )
+                    for half in (rows[:, : config.data_dim + config.latent_dim] for rows in halves)
+                ]
+            )
+    return readings
 
 
 def output_folders(config: Config, critics: int, arrays: Any) -> tuple[list[str], dict[str, Any] | None]:
@@ -1378,6 +1425,8 @@ def check_combination(config: Config) -> None:
             "several --candidates train side by side on one device, on rows in memory; they do not combine with "
             + ("--cache_dir" if config.cache_dir else f"--strategy {config.strategy}")
         )
+    if config.estimator == "mine_f" and any(c.activation in FITTED_ACTIVATIONS for c in config.candidates):
+        fail("--estimator mine_f bounds another function than the copula critic fits; use mine or mine_biased")
     if config.cache_dir and (config.input is None or os.path.splitext(config.input)[1].lower() not in TEXT_SUFFIXES):
         fail(f"--cache_dir streams text row files ({', '.join(TEXT_SUFFIXES)}); it does not take {config.input_name}")
 
@@ -1672,6 +1721,8 @@ def parse_candidates(text: str) -> tuple[Candidate, ...]:
                 f"'{name}' is not TRANSFORM:ACTIVATION or TRANSFORM:ACTIVATION:wdDECAY with TRANSFORM in "
                 f"{', '.join(TRANSFORMS)}, ACTIVATION in {', '.join(ACTIVATIONS)} and DECAY a number >= 0"
             )
+        if fields[1] in FITTED_ACTIVATIONS and len(fields) == 3:
+            raise argparse.ArgumentTypeError(f"'{name}': a {fields[1]} critic is fitted, not trained: no weight decay")
         parsed.append(Candidate(name, fields[0], fields[1], float(fields[2][2:]) if len(fields) == 3 else 0.0))
     if len({candidate.name for candidate in parsed}) != len(parsed):
         raise argparse.ArgumentTypeError(f"'{text}' names a candidate twice")

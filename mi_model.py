@@ -165,6 +165,26 @@ def cross_replica_bound(
     return joint_part - marginal_part, joint_part, marginal_part, joint_term, marginal_term
 
 
+def every_pair_bound(
+    row_terms: np.ndarray, column_terms: np.ndarray, x_factors: np.ndarray, z_factors: np.ndarray
+) -> float:
+    """The Donsker-Varadhan bound of a critic whose scores are T(x_i, z_j) = row_terms[i] + column_terms[j] +
+    x_factors[i] . z_factors[j] (mi_layers.copula_pair_terms) on n rows: mean T on the joint pairs (i, i), and
+    log mean exp T over all n (n - 1) pairs i != j, block by block in float64."""
+    n = len(row_terms)
+    joint = float(np.mean(row_terms + column_terms + np.einsum("ik,ik->i", x_factors, z_factors)))
+    block = max(1, 2**22 // n)
+    log_sums = []
+    for first in range(0, n, block):
+        rows = slice(first, min(n, first + block))
+        scores = row_terms[rows, None] + column_terms[None] + x_factors[rows] @ z_factors.T
+        scores[np.arange(scores.shape[0]), np.arange(first, first + scores.shape[0])] = -np.inf  # joint pairs
+        peak = scores.max()
+        log_sums.append(peak + np.log(np.exp(scores - peak).sum()))
+    peak = max(log_sums)
+    return joint - (peak + math.log(sum(math.exp(value - peak) for value in log_sums)) - math.log(n * (n - 1)))
+
+
 def split_halves(rows: tf.Tensor, sample_width: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Splits rows of 2 * sample_width columns (the last axis) into (joint, marginal)."""
     return rows[..., :sample_width], rows[..., sample_width:]

@@ -208,4 +208,9 @@ TASK_MAKERS = {
     "spiral-3x3": ("embedding", lambda: spiral_task(3, 1.0)),
     "spiral-5x5": ("embedding", lambda: spiral_task(5, 1.0)),
     "classes-5x1": ("discrete z", lambda: class_mixture()),
+    # each z coordinate correlated with one x coordinate, equally: the literature's staircase (issue 34)
+    **{
+        f"staircase-20x20-{mi_nats}": ("gaussian, high MI", lambda mi_nats=mi_nats: gaussian_task(20, mi_nats, np.eye))
+        for mi_nats in (2, 4, 6, 8, 10)
+    },
 }

@@ -378,3 +378,16 @@ def test_streamed_run_from_a_cache(known_mi_file, tmp_path, capsys):
     assert summary["rows"] == 2000 and summary["held_out_rows"] == 400
     assert summary["mi_estimate"] == pytest.approx(0.5, abs=0.15)
     assert os.listdir(tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_a_copula_candidate_is_fitted_once_and_read_on_every_pair(known_mi_file, tmp_path, capsys):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=3)
+    flags = ["--input", path, "--folds", "2", "--candidates", "rank:tanh,rank:copula", "--hid_width", "16"]
+    run_main([*flags, "--n_epoch", "3", "--output_dir", str(tmp_path / "out"), "--quiet"], capsys)
+    held_out = np.loadtxt(tmp_path / "out" / "fold-1" / "rank-copula" / mi_data_processing.HELD_OUT_FILE)
+    trained = np.loadtxt(tmp_path / "out" / "fold-1" / "rank-tanh" / mi_data_processing.HELD_OUT_FILE)
+    assert np.all(held_out == held_out[0]) and len(set(trained)) == 3  # the same weights and pairs every epoch
+    assert abs(held_out[0] - 0.5) < 0.15
+    status, _, err = run_main([*flags, "--estimator", "mine_f", "--output_dir", str(tmp_path / "f")], capsys, 2)
+    assert "--estimator mine_f" in err and len(err.strip().splitlines()) == 1

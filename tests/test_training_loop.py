@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 from epoch_rows import epoch_batches
 
+from mi_layers import copula_pair_terms, copula_weights
 from mi_main import CompiledCritics, Config, EpochSchedule, InputError, make_optimizer, make_train_step, parse_flags
-from mi_model import MineModel
+from mi_model import MineModel, every_pair_bound
 
 # SGD: Adam divides by the gradient's running size, which turns float32
 # reassociation noise in a near-zero gradient into a visible step.
@@ -149,3 +150,89 @@ def test_each_candidate_decays_only_its_own_critics():
 def test_a_candidate_weight_decay_must_be_wd_and_a_number(text):
     with pytest.raises(InputError, match=f"'{text}' is not TRANSFORM:ACTIVATION or TRANSFORM:ACTIVATION:wdDECAY"):
         parse_flags(["--candidates", f"rank:tanh,{text}"])
+
+
+def second_differences(network, critic, points, step):
+    """T(u + v) + T(u - v) - 2 T(u) of one critic at each point u, for one step v: 2 v'Av wherever T is a
+    quadratic form u'Au + b'u + c, whatever u."""
+    critics = network.critics
+
+    def scores(samples):
+        stacked = tf.tile(tf.constant(samples, tf.float32)[None], [critics, 1, 1])
+        return network(stacked).numpy()[critic, :, 0]
+
+    return scores(points + step) + scores(points - step) - 2 * scores(points)
+
+
+def test_a_quadratic_critic_is_a_quadratic_form_beside_others_in_its_stack():
+    network = MineModel(2, 1, 16, 1, activation=["tanh", "quadratic", "relu"], critics=3, seed=4).statistics_network
+    rng = np.random.default_rng(0)
+    points, step = rng.standard_normal((50, 3)), rng.standard_normal(3)
+    quadratic = second_differences(network, 1, points, step)
+    np.testing.assert_allclose(quadratic, np.full(50, quadratic.mean()), rtol=1e-4, atol=1e-4)
+    assert np.ptp(second_differences(network, 0, points, step)) > 100 * np.ptp(quadratic)  # tanh: not a quadratic
+
+
+def test_a_quadratic_critic_taken_from_its_stack_scores_as_in_it():
+    model = MineModel(2, 1, 16, 1, activation=["tanh", "quadratic"], critics=2, seed=4)
+    samples = tf.random.stateless_normal([2, 20, 3], seed=[1, 2])
+    alone = model.critic(1)
+    assert alone.statistics_network.activation == "quadratic"
+    np.testing.assert_allclose(
+        alone.statistics_network(samples[1:]).numpy(), model.statistics_network(samples).numpy()[1:], rtol=1e-5
+    )
+
+
+def test_copula_weights_give_the_gaussian_log_density_ratio():
+    rng = np.random.default_rng(0)
+    covariance = np.array([[1.0, 0.5, 0.3], [0.5, 1.0, 0.2], [0.3, 0.2, 1.0]])
+    samples = rng.multivariate_normal([0.5, -1.0, 2.0], covariance, 400_000)
+    network = MineModel(2, 1, 8, 1, activation="copula", seed=0).statistics_network
+    network.set_weights(copula_weights(samples, 2, 8, 1))
+    points = rng.multivariate_normal([0.5, -1.0, 2.0], covariance, 6)
+
+    def log_density(values, block):
+        centred, part = values - np.array([0.5, -1.0, 2.0])[block], covariance[np.ix_(block, block)]
+        quadratic = np.einsum("ri,ij,rj->r", centred, np.linalg.inv(part), centred)
+        return -0.5 * (quadratic + np.linalg.slogdet(2 * np.pi * part)[1])
+
+    exact = log_density(points, [0, 1, 2]) - log_density(points[:, :2], [0, 1]) - log_density(points[:, 2:], [2])
+    scores = network(tf.constant(points[None], tf.float32)).numpy()[0, :, 0]
+    np.testing.assert_allclose(scores, exact, atol=0.02)
+
+
+def test_a_fitted_critic_keeps_its_weights_while_its_stack_trains():
+    config = Config(hid_width=16, candidates="rank:tanh,rank:copula", lr=0.01)
+    stack = CompiledCritics(config.critic_settings, 2, tf.distribute.get_strategy(), seed=0)
+    stack.set_learning_rate(0.01, 0.01, 1)
+    rows = np.random.default_rng(3).standard_normal((64, 22)).astype(np.float32)
+    fitted = copula_weights(rows[:, :11], 10, 16, 1)
+    stack.model.statistics_network.set_critic_weights(1, fitted)
+    before = stack.model.statistics_network.critic_weights(0)
+    stack.train_epoch(list(epoch_batches([rows, rows], 16, 0, 0, 1)), None, 0, 1, [0, 1])
+    for weight, expected in zip(stack.model.statistics_network.critic_weights(1), fitted, strict=True):
+        np.testing.assert_array_equal(weight, expected.reshape(weight.shape))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(stack.model.statistics_network.critic_weights(0), before, strict=True)
+    )
+
+
+def test_a_fitted_candidate_takes_no_weight_decay():
+    with pytest.raises(InputError, match="fitted, not trained"):
+        parse_flags(["--candidates", "rank:tanh,rank:copula:wd2"])
+
+
+def test_every_pair_bound_of_a_copula_critic_is_the_bound_over_every_pair():
+    rng = np.random.default_rng(5)
+    samples = rng.multivariate_normal([0, 0, 0], [[1.0, 0.6, 0.3], [0.6, 1.0, 0.1], [0.3, 0.1, 1.0]], 300)
+    weights = copula_weights(samples, 2, 8, 1)
+    network = MineModel(2, 1, 8, 1, activation="copula", seed=0).statistics_network
+    network.set_weights(weights)
+    x, z = samples[:40, :2], samples[:40, 2:]
+    pairs = np.array([[*x[i], *z[j]] for i in range(40) for j in range(40)], np.float32)
+    scores = network(tf.constant(pairs[None])).numpy()[0, :, 0].reshape(40, 40)
+    terms = copula_pair_terms(weights, x, z)
+    np.testing.assert_allclose(terms[0][:, None] + terms[1][None] + terms[2] @ terms[3].T, scores, atol=1e-4)
+    others = scores[~np.eye(40, dtype=bool)]
+    expected = scores.diagonal().mean() - np.log(np.mean(np.exp(others.astype(np.float64))))
+    assert every_pair_bound(*terms) == pytest.approx(expected, abs=1e-4)
