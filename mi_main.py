@@ -468,13 +468,18 @@ def folds_for_rows(config: Config, rows: int) -> tuple[Config, list[str]]:
 def batch_and_epochs_for_rows(config: Config, training_rows: int) -> tuple[Config, list[str]]:
     """A default batch cut to a critic's training rows where they are fewer
     (all of them: smaller batches read lower on 300 rows), and fewer default
-    epochs where STEP_BUDGET steps take fewer."""
+    epochs where STEP_BUDGET steps take fewer, or one where every candidate
+    is fitted, not trained (its reading is the same every epoch)."""
     batch_size, n_epoch, notes = config.batch_size, config.n_epoch, []
     if "batch_size" in config.adaptable and training_rows < batch_size:
         batch_size = training_rows
         notes.append(f"batch {batch_size}, not {config.batch_size}: a critic trains on {training_rows} rows")
     steps = ceil_div(training_rows, batch_size)
-    if "n_epoch" in config.adaptable and steps * n_epoch > STEP_BUDGET:
+    fitted = all(candidate.activation in FITTED_ACTIVATIONS for candidate in config.candidates)
+    if "n_epoch" in config.adaptable and fitted and n_epoch > 1:
+        n_epoch = 1
+        notes.append(f"1 epoch, not {config.n_epoch}: fitted critics do not train")
+    elif "n_epoch" in config.adaptable and steps * n_epoch > STEP_BUDGET:
         n_epoch = max(1, ceil_div(STEP_BUDGET, steps))
         notes.append(
             f"{n_epoch} epoch{'s' if n_epoch > 1 else ''}, not {config.n_epoch}: {STEP_BUDGET:,} steps of {steps:,} "

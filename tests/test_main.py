@@ -95,6 +95,9 @@ def test_default_epochs_fit_a_step_budget_and_an_explicit_n_epoch_stays():
     assert notes == [] and config.n_epoch == 100
     config, notes = adapt(mi_main.parse_flags([]), 8000)
     assert notes == [] and config.n_epoch == mi_main.Config.n_epoch  # 10,000 rows: as before
+    config, notes = adapt(mi_main.parse_flags(["--activation", "copula"]), 8000)
+    assert config.n_epoch == 1 and notes == ["1 epoch, not 100: fitted critics do not train"]
+    assert adapt(mi_main.parse_flags(["--activation", "copula", "--n_epoch", "5"]), 8000)[0].n_epoch == 5
 
 
 def test_large_held_out_folds_are_read_on_one_shard():
