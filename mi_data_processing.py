@@ -1208,6 +1208,7 @@ NATS_PER_BIT = math.log(2.0)
 
 ESTIMATE_KEYS = (
     "mi_estimate",
+    "mi_certifiable",
     "mi_stderr",
     "mi_ci95",
     "mi_lower_95",

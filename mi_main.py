@@ -90,6 +90,7 @@ from mi_model import (
     History,
     MineModel,
     Plan,
+    certified_limit,
     chosen_critics_stderr,
     chosen_estimate,
     every_pair_bound,
@@ -1483,6 +1484,8 @@ def write_outputs(
     estimate_fields, winners = chosen_estimate(
         outcome.history, names, plan, stderr_of if prepared.halves is not None else None
     )
+    if prepared.halves is not None and estimate_fields["mi_estimate"] is not None:
+        estimate_fields |= certified_limit(estimate_fields, reading_pairs(config, data, winners))
     if config.output_dir is not None:
         save_run_files(config.output_dir, config, prepared, data, outcome)
     summary = run_summary(config, prepared, data, outcome, stop, estimate_fields)
@@ -1495,6 +1498,29 @@ def write_outputs(
     if outcome.status == "completed":
         print(final_line(config, summary, winners, outcome.train_seconds))
     return summary
+
+
+def reading_pairs(config: Config, data: TrainingRows, winners: list) -> list[int]:
+    """The marginal pairs of each view's reading, from its chosen candidates (winners as chosen_estimate gives
+    them): with folds, fold k's critic on both its held-out halves; with one split, each
+    half read by the other's choice. A fitted critic reads every pair of a half, n (n - 1); a trained one
+    eval_passes pairings a row (one, the file's own, with --marginal file)."""
+    names, per_fold = [candidate.name for candidate in config.candidates], len(config.candidates)
+    passes = config.critic_settings.eval_passes
+
+    def pairs(critic: int, rows: int) -> int:
+        fitted = config.candidates[critic % per_fold].activation in FITTED_ACTIVATIONS
+        return rows * (rows - 1) if fitted else passes * rows
+
+    def halves(critic: int) -> tuple[int, int]:
+        rows = len(data.held_out_rows[critic])
+        return rows // 2, rows - rows // 2
+
+    if config.folds > 1:
+        critics = [fold * per_fold + names.index(name) for fold, name in enumerate(winners)]
+        return [pairs(critic, min(halves(critic))) for critic in critics]
+    chosen_a, chosen_b = (names.index(name) for name in winners[0])
+    return [pairs(chosen_a, halves(chosen_a)[1]), pairs(chosen_b, halves(chosen_b)[0])]
 
 
 def save_run_files(top: str, config: Config, prepared: PreparedRun, data: TrainingRows, outcome: Outcome) -> None:
@@ -1615,6 +1641,11 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
             "/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0]
         )
     where = f"; results in {config.output_dir}/" if config.output_dir is not None else ""
+    if summary.get("mi_limit_binds"):
+        estimate_text += (
+            f"; its interval reaches {summary['mi_certifiable']:.2f} {units}, log of the fewest pairs a reading took, "
+            "the most they can certify: the MI may be higher"
+        )
     dropped = "; dropped " + ", ".join(
         f"{name} after epoch {epoch}" for name, epoch in summary["candidates_dropped"].items()
     )

@@ -476,6 +476,17 @@ def chosen_estimate(
     return fields, winners
 
 
+def certified_limit(fields: dict[str, Any], pairs: list[int]) -> dict[str, Any]:
+    """What the readings' marginal pairs let the estimate certify: no estimate from N pairs can certify much more
+    than log N (McAllester and Stratos 2020), N the fewest pairs a reading took (pairs: each view's). Returns
+    mi_certifiable (log N), mi_limit_binds (the 95 % interval, or the estimate, reaches it) and the 95 % lower
+    bound, never above log N."""
+    limit = math.log(min(pairs))
+    top = fields["mi_ci95"][1] if fields.get("mi_ci95", [None, None])[1] is not None else fields["mi_estimate"]
+    capped = {"mi_lower_95": min(fields["mi_lower_95"], limit)} if fields.get("mi_lower_95") is not None else {}
+    return {"mi_certifiable": limit, "mi_limit_binds": bool(top >= limit)} | capped
+
+
 def chosen_critics_stderr(
     model: MineModel,
     held_out_rows: list[np.ndarray],

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -394,3 +395,12 @@ def test_a_copula_candidate_is_fitted_once_and_read_on_every_pair(known_mi_file,
     assert abs(held_out[0] - 0.5) < 0.15
     status, _, err = run_main([*flags, "--estimator", "mine_f", "--output_dir", str(tmp_path / "f")], capsys, 2)
     assert "--estimator mine_f" in err and len(err.strip().splitlines()) == 1
+
+
+def test_each_reading_counts_its_pairs_a_fitted_critic_every_pair():
+    nine_rows = types.SimpleNamespace(held_out_rows=[np.zeros((9, 22))] * 10)  # halves of 4 and 5 rows
+    config = mi_main.parse_flags(["--candidates", "rank:tanh,rank:copula"])  # 5 folds, 4 pairings a row
+    winners = ["rank:tanh", "rank:copula", "rank:tanh", "rank:tanh", "rank:copula"]
+    assert mi_main.reading_pairs(config, nine_rows, winners) == [16, 12, 16, 16, 12]  # 4 x 4, 4 x 3
+    one_split = mi_main.parse_flags(["--folds", "1", "--candidates", "rank:tanh,rank:copula"])
+    assert mi_main.reading_pairs(one_split, nine_rows, [["rank:copula", "rank:tanh"]]) == [20, 16]  # 5 x 4, 4 x 4

@@ -12,6 +12,7 @@ from mi_model import (
     History,
     MineModel,
     Plan,
+    certified_limit,
     chosen_in_views,
     donsker_varadhan_bound,
     f_divergence_bound,
@@ -275,3 +276,11 @@ def test_held_out_stderr_matches_the_spread_of_the_bound_over_fresh_rows(estimat
             bounds.append(joint.mean() - np.log(np.exp(marginal).mean()))
         stderrs.append(held_out_stderr(joint, marginal, estimator))
     assert np.mean(stderrs) == pytest.approx(np.std(bounds), rel=0.15)
+
+
+def test_the_certified_limit_is_log_of_the_fewest_pairs_and_caps_the_lower_bound():
+    fields = {"mi_estimate": 2.0, "mi_ci95": [1.0, 3.0], "mi_lower_95": 1.2}
+    limit = certified_limit(fields, [100, 20])
+    assert limit == {"mi_certifiable": pytest.approx(math.log(20)), "mi_limit_binds": True, "mi_lower_95": 1.2}
+    assert certified_limit(fields | {"mi_lower_95": 3.5}, [20])["mi_lower_95"] == pytest.approx(math.log(20))
+    assert certified_limit(fields, [10_000])["mi_limit_binds"] is False
