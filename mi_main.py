@@ -582,7 +582,7 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
         # and dispatch twice). Loading from XLA's cache logs noise on stderr.
         with tensorflow_log_filtered(CACHE_LOAD_NOISE) if compiling else contextlib.nullcontext():
             training, held_out, rows_trained = compiled.train_epoch(next(epochs), halves, config.seed, epoch, ids)
-        for position, critic in enumerate(ids):
+        for position, critic in enumerate(ids):  # a fitted critic reads every pair, the same every epoch
             held_out[position] = prepared.fitted_readings.get(critic, held_out[position])
         if not np.isfinite(training).all():
             # A non-finite loss or gradient poisons every later step of the epoch: nothing of it is kept, and the
