@@ -582,8 +582,6 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
         # and dispatch twice). Loading from XLA's cache logs noise on stderr.
         with tensorflow_log_filtered(CACHE_LOAD_NOISE) if compiling else contextlib.nullcontext():
             training, held_out, rows_trained = compiled.train_epoch(next(epochs), halves, config.seed, epoch, ids)
-        for position, critic in enumerate(ids):  # a fitted critic reads every pair, the same every epoch
-            held_out[position] = prepared.fitted_readings.get(critic, held_out[position])
         if not np.isfinite(training).all():
             # A non-finite loss or gradient poisons every later step of the epoch: nothing of it is kept, and the
             # last checkpoint stays.
@@ -1048,7 +1046,7 @@ class PreparedRun:
     summaries: EpochSummaries
     flops_per_row: int
     adapted: list[str]  # the start line's notes on the defaults adapted to the input
-    fitted_readings: dict[int, np.ndarray]  # a fitted critic's bounds on its held-out halves, read on every pair
+    fitted_readings: dict[int, np.ndarray]  # a fitted critic's bounds on its held-out halves, on every pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1110,8 +1108,9 @@ def fit_critics(
     config: Config, data: TrainingRows, compiled: CompiledCritics, critic_ids: list[int]
 ) -> dict[int, np.ndarray]:
     """The weights of each critic of a fitted candidate (copula), from its training rows (a resumed run then
-    restores the same from its checkpoint), and its bound on each of its held-out halves, read on every pair of
-    the half: the same every epoch, since its weights never change."""
+    restores the same from its checkpoint), and its bound on each of its held-out halves read on every pair of
+    the half, once: its weights never change. Its per-epoch readings take the pairings the trained critics'
+    take, so that the choice among candidates compares readings alike; the estimate takes this one."""
     network, readings = compiled.model.statistics_network, {}
     for position, critic in enumerate(critic_ids):
         if config.candidates[critic % len(config.candidates)].activation not in FITTED_ACTIVATIONS:
@@ -1480,9 +1479,14 @@ def write_outputs(
             plan.critic_ids,
         )
 
+    def reread(view: int, candidate: int) -> float | None:  # a fitted critic's reading on every pair
+        fold, half = (view, None) if config.folds > 1 else (0, 1 - view)  # one split: view A reads half B
+        halves = prepared.fitted_readings.get(fold * len(config.candidates) + candidate)
+        return None if halves is None else float(halves.mean() if half is None else halves[half])
+
     names = [candidate.name for candidate in config.candidates]
     estimate_fields, winners = chosen_estimate(
-        outcome.history, names, plan, stderr_of if prepared.halves is not None else None
+        outcome.history, names, plan, stderr_of if prepared.halves is not None else None, reread
     )
     if prepared.halves is not None and estimate_fields["mi_estimate"] is not None:
         estimate_fields |= certified_limit(estimate_fields, reading_pairs(config, data, winners))

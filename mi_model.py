@@ -426,15 +426,20 @@ def cross_fitted_interval(fold_estimates: list[float]) -> tuple[float, float, tu
 
 
 def chosen_estimate(
-    history: History, candidate_names: list[str], plan: Plan, stderr_of: Callable[[list[int]], float] | None
+    history: History,
+    candidate_names: list[str],
+    plan: Plan,
+    stderr_of: Callable[[list[int]], float] | None,
+    reread: Callable[[int, int], float | None] = lambda view, candidate: None,
 ) -> tuple[dict, list]:
     """The estimate as summary.json gives it: each view's reading at the
-    (epoch, candidate) it chose (chosen_in_views): with folds their mean and
-    its interval; with one split the mean of the two halves' readings, its
-    error bar stderr_of(the chosen candidates). Without held-out rows
-    (stderr_of None, one split), the training rows' bound at the last
-    epoch. Returns (summary fields, the winning candidates for the final
-    line)."""
+    (epoch, candidate) it chose (chosen_in_views), or reread(view,
+    candidate) where that gives one (a fitted critic's every-pair reading):
+    with folds their mean and its interval; with one split the mean of the
+    two halves' readings, its error bar stderr_of(the chosen candidates).
+    Without held-out rows (stderr_of None, one split), the training rows'
+    bound at the last epoch. Returns (summary fields, the winning
+    candidates for the final line)."""
     per_fold, folds = plan.per_fold, plan.folds
     chosen = "candidate and epoch" if per_fold > 1 else "epoch"
     fields: dict[str, Any] = {}
@@ -453,7 +458,10 @@ def chosen_estimate(
             "mi_estimate": float(history.training[-1, 0]),
             "mi_estimate_from": "training rows' bound, last epoch",
         }, []
-    readings = chosen_in_views(history, plan)
+    readings = [
+        (reading if (again := reread(view, candidate)) is None else again, epoch, candidate)
+        for view, (reading, epoch, candidate) in enumerate(chosen_in_views(history, plan))
+    ]
     if folds > 1:
         estimates = [reading for reading, _, _ in readings]
         mean, stderr, interval, lower = cross_fitted_interval(estimates)
