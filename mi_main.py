@@ -1645,11 +1645,10 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
             "/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0]
         )
     where = f"; results in {config.output_dir}/" if config.output_dir is not None else ""
-    if summary.get("mi_limit_binds"):
-        estimate_text += (
-            f"; its interval reaches {summary['mi_certifiable']:.2f} {units}, log of the fewest pairs a reading took, "
-            "the most they can certify: the MI may be higher"
-        )
+    limit = (
+        f"; its interval reaches {summary['mi_certifiable']:.2f} {units}, log of the fewest pairs a reading took, "
+        "the most they can certify: the MI may be higher"
+    )
     dropped = "; dropped " + ", ".join(
         f"{name} after epoch {epoch}" for name, epoch in summary["candidates_dropped"].items()
     )
@@ -1658,6 +1657,7 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
         + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
         + chosen
         + (dropped if summary["candidates_dropped"] else "")
+        + (limit if summary.get("mi_limit_binds") else "")
         + f", in {seconds:.1f} s{where}"
     )
 
