@@ -1645,10 +1645,12 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
             "/".join(winners[0]) if winners[0][0] != winners[0][1] else winners[0][0]
         )
     where = f"; results in {config.output_dir}/" if config.output_dir is not None else ""
-    limit = (
-        f"; its interval reaches {summary['mi_certifiable']:.2f} {units}, log of the fewest pairs a reading took, "
-        "the most they can certify: the MI may be higher"
-    )
+    limit = ""
+    if summary.get("mi_limit_binds"):
+        limit = (
+            f"; its interval reaches {summary['mi_certifiable']:.2f} {units}, log of the fewest pairs a reading "
+            "took, the most they can certify: the MI may be higher"
+        )
     dropped = "; dropped " + ", ".join(
         f"{name} after epoch {epoch}" for name, epoch in summary["candidates_dropped"].items()
     )
@@ -1657,7 +1659,7 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
         + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
         + chosen
         + (dropped if summary["candidates_dropped"] else "")
-        + (limit if summary.get("mi_limit_binds") else "")
+        + limit
         + f", in {seconds:.1f} s{where}"
     )
 

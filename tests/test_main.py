@@ -418,3 +418,12 @@ def test_each_reading_counts_its_pairs_a_fitted_critic_every_pair():
     assert mi_main.reading_pairs(config, nine_rows, winners) == [16, 12, 16, 16, 12]  # 4 x 4, 4 x 3
     one_split = mi_main.parse_flags(["--folds", "1", "--candidates", "rank:tanh,rank:copula"])
     assert mi_main.reading_pairs(one_split, nine_rows, [["rank:copula", "rank:tanh"]]) == [20, 16]  # 5 x 4, 4 x 4
+
+
+def test_the_final_line_says_when_the_interval_reaches_what_the_pairs_can_certify():
+    summary = {"units": "nats", "folds": 5, "mi_estimate": 8.06, "mi_stderr": 0.14, "mi_ci95": [7.67, 8.45]}
+    summary |= {"mi_lower_95": 7.76, "true_mi_nats": None, "candidates": ["rank:tanh"], "candidates_dropped": {}}
+    config = mi_main.Config(output_dir=None)
+    line = mi_main.final_line(config, summary | {"mi_certifiable": 8.29, "mi_limit_binds": True}, [], 1.0)
+    assert "its interval reaches 8.29 nats" in line and line.endswith("the MI may be higher, in 1.0 s")
+    assert "reaches" not in mi_main.final_line(config, summary, [], 1.0)  # no held-out rows: no limit read
