@@ -1112,23 +1112,22 @@ def fit_critics(
     the half, once: its weights never change. Its per-epoch readings take the pairings the trained critics'
     take, so that the choice among candidates compares readings alike; the estimate takes this one."""
     network, readings = compiled.model.statistics_network, {}
+    x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
     for position, critic in enumerate(critic_ids):
-        if config.candidates[critic % len(config.candidates)].activation not in FITTED_ACTIVATIONS:
+        if not is_fitted(config, critic):
             continue
         weights = copula_weights(data.training_sample(critic), config.data_dim, config.hid_width, config.out_width)
         network.set_critic_weights(position, weights)
-        held_out = data.held_out_rows[critic]
-        if len(held_out) >= 2:
-            halves = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]
-            readings[critic] = np.array(
-                [
-                    every_pair_bound(
-                        *copula_pair_terms(weights, half[:, : config.data_dim], half[:, config.data_dim :])
-                    )
-                    for half in (rows[:, : config.data_dim + config.latent_dim] for rows in halves)
-                ]
-            )
+        if len(data.held_out_rows[critic]) >= 2:
+            halves = held_out_halves(data.held_out_rows[critic])
+            terms = [copula_pair_terms(weights, half[:, x_columns], half[:, z_columns]) for half in halves]
+            readings[critic] = np.array([every_pair_bound(*each) for each in terms])
     return readings
+
+
+def is_fitted(config: Config, critic: int) -> bool:
+    """Whether the critic's candidate is fitted, not trained (mi_layers.FITTED_ACTIVATIONS)."""
+    return config.candidates[critic % len(config.candidates)].activation in FITTED_ACTIVATIONS
 
 
 def output_folders(config: Config, critics: int, arrays: Any) -> tuple[list[str], dict[str, Any] | None]:
@@ -1207,10 +1206,13 @@ def stacked_halves(held_out_rows: list[np.ndarray]) -> tuple[tf.Tensor, tf.Tenso
     held-out rows."""
     if min(len(rows) for rows in held_out_rows) < 2:
         return None
-    rows, counts = stacked_rows(
-        [half for rows in held_out_rows for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :])]
-    )
+    rows, counts = stacked_rows([half for rows in held_out_rows for half in held_out_halves(rows)])
     return tf.constant(rows.reshape(len(held_out_rows), 2, *rows.shape[1:])), tf.constant(counts.reshape(-1, 2))
+
+
+def held_out_halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A critic's held-out rows cut into halves A and B."""
+    return rows[: len(rows) // 2], rows[len(rows) // 2 :]
 
 
 def start_line(config: Config, prepared: PreparedRun, data: TrainingRows) -> str:
@@ -1513,12 +1515,10 @@ def reading_pairs(config: Config, data: TrainingRows, winners: list) -> list[int
     passes = config.critic_settings.eval_passes
 
     def pairs(critic: int, rows: int) -> int:
-        fitted = config.candidates[critic % per_fold].activation in FITTED_ACTIVATIONS
-        return rows * (rows - 1) if fitted else passes * rows
+        return rows * (rows - 1) if is_fitted(config, critic) else passes * rows
 
-    def halves(critic: int) -> tuple[int, int]:
-        rows = len(data.held_out_rows[critic])
-        return rows // 2, rows - rows // 2
+    def halves(critic: int) -> list[int]:
+        return [len(half) for half in held_out_halves(data.held_out_rows[critic])]
 
     if config.folds > 1:
         critics = [fold * per_fold + names.index(name) for fold, name in enumerate(winners)]
