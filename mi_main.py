@@ -93,7 +93,7 @@ from mi_model import (
     certified_limit,
     chosen_critics_stderr,
     chosen_estimate,
-    every_pair_bound,
+    every_pair_parts,
     held_out_bounds,
 )
 
@@ -559,8 +559,9 @@ def make_train_step(
 # The training loop
 def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopRequest) -> Outcome:
     """Epoch after epoch until --n_epoch, a non-finite loss or a stop
-    request: each epoch trains every critic still training on its rows,
-    reads its bound on its held-out rows, logs a line (or a progress bar
+    request, or until no critic trains: each epoch trains every critic still
+    training on its rows, reads its bound (and the fitted critics') on its
+    held-out rows, logs a line (or a progress bar
     step) and TensorBoard scalars; then the plan reads the held-out bounds
     (mi_model.Plan: the candidates that stop, in a smaller stack from the
     next epoch), and a checkpoint is saved when one is due."""
@@ -587,9 +588,12 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
             # last checkpoint stays.
             diverged_in = epoch
             break
+        fitted_training, fitted_held_out, fitted_ids = prepared.fitted.epoch(plan, prepared.halves, config.seed, epoch)
         epoch_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
-        history = history.appended(training, held_out, ids)
+        history = history.appended(
+            np.concatenate([training, fitted_training]), np.concatenate([held_out, fitted_held_out]), ids + fitted_ids
+        )
         report_epoch(config, prepared, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
         plan, compiling = plan.after(history), False
         if plan.critic_ids != ids:  # candidates dropped: their critics are done, the others go on in a smaller stack
@@ -614,7 +618,9 @@ def smaller_stack(
     `compiled` (whose critics are ids): the critics the plan dropped are
     done, and their models are saved now (they train no more)."""
     kept = plan.critic_ids
-    smaller = compiled_critics(critic_settings_of(config, plan), len(kept), compiled.strategy, config.seed)
+    smaller = compiled_critics(
+        critic_settings_of(config, plan.stacked_candidates), len(kept), compiled.strategy, config.seed
+    )
     smaller.take_over(compiled, [ids.index(critic) for critic in kept])
     if prepared.output_dirs:
         save_stopped_critics(config, prepared, data, compiled, ids, [critic for critic in ids if critic not in kept])
@@ -637,11 +643,10 @@ def halves_of(halves: tuple[tf.Tensor, tf.Tensor] | None, critic_ids: list[int])
     return None if halves is None else (tf.gather(halves[0], critic_ids), tf.gather(halves[1], critic_ids))
 
 
-def critic_settings_of(config: Config, plan: Plan) -> CriticSettings:
-    """The settings of the candidates the plan still trains."""
-    candidates = tuple(config.candidates[candidate] for candidate in plan.candidates)
+def critic_settings_of(config: Config, candidates: list[int]) -> CriticSettings:
+    """The settings of a stack of these candidates' critics."""
     # CriticSettings's fields are made at run time, out of mypy's sight
-    return config.critic_settings._replace(candidates=candidates)  # type: ignore[call-arg]
+    return config.critic_settings._replace(candidates=tuple(config.candidates[c] for c in candidates))  # type: ignore[call-arg]
 
 
 def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float, plan: Plan) -> bool:
@@ -1046,7 +1051,7 @@ class PreparedRun:
     summaries: EpochSummaries
     flops_per_row: int
     adapted: list[str]  # the start line's notes on the defaults adapted to the input
-    fitted_readings: dict[int, np.ndarray]  # a fitted critic's bounds on its held-out halves, on every pair
+    fitted: FittedCritics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1075,14 +1080,15 @@ def prepare(
     written: no checkpoint, and TensorBoard only to an explicit --logdir."""
     output_dirs, identity = output_folders(config, data.critics, arrays)
     drop = DROP_MARGIN, first_judged_epoch(data.steps_per_epoch)
-    plan = Plan.start(config.folds, len(config.candidates), config.n_epoch, config.lr_schedule, *drop)
+    plan = Plan.start(config.folds, len(config.candidates), config.n_epoch, config.lr_schedule, *drop, apart(config))
     history = History.empty(data.critics)
     if config.resume:  # the plan's decisions replayed on the saved history: the critics that were still training
         history = saved_history(config, data.critics)
         for epochs in range(1, len(history) + 1):
             plan = plan.after(history.first(epochs))
-    compiled = compiled_critics(critic_settings_of(config, plan), len(plan.critic_ids), strategy, config.seed)
-    fitted_readings = fit_critics(config, data, compiled, plan.critic_ids)
+    settings = critic_settings_of(config, plan.stacked_candidates)
+    compiled = compiled_critics(settings, len(plan.critic_ids), strategy, config.seed)
+    fitted = fit_critics(config, data, compiled, plan)
     checkpoint = open_checkpoint(config, compiled, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     prepared = PreparedRun(
@@ -1097,32 +1103,79 @@ def prepare(
         summaries=EpochSummaries(logdir, flags_file_text(config), len(history)),
         flops_per_row=training_flops_per_row(config.data_dim + config.latent_dim, config.hid_width, config.out_width),
         adapted=adapted,
-        fitted_readings=fitted_readings,
+        fitted=fitted,
     )
     if not config.quiet:
         print(start_line(config, prepared, data))
     return prepared
 
 
-def fit_critics(
-    config: Config, data: TrainingRows, compiled: CompiledCritics, critic_ids: list[int]
-) -> dict[int, np.ndarray]:
-    """The weights of each critic of a fitted candidate (copula), from its training rows (a resumed run then
-    restores the same from its checkpoint), and its bound on each of its held-out halves read on every pair of
-    the half, once: its weights never change. Its per-epoch readings take the pairings the trained critics'
-    take, so that the choice among candidates compares readings alike; the estimate takes this one."""
-    network, readings = compiled.model.statistics_network, {}
+FITTED_TRAINING_ROWS = 1024  # training rows on whose every pair a fitted critic's training figures are read
+
+
+def apart(config: Config) -> frozenset[int]:
+    """The candidates read apart from the trained stack: the fitted ones, where some candidate trains (in the
+    trained stack they would cost their share of every step; tests/BENCHMARKS.md, "Why the code is as it is").
+    A run of fitted candidates alone has them in its one stack, their gradient masked (make_train_step)."""
+    fitted = frozenset(c for c, candidate in enumerate(config.candidates) if candidate.activation in FITTED_ACTIVATIONS)
+    return fitted if len(fitted) < len(config.candidates) else frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedCritics:
+    """The critics of the fitted candidates (copula): weights in closed form from each one's training rows, the
+    same every epoch, and so their figures on the training rows and their every-pair readings, made once."""
+
+    stack: CompiledCritics  # the stack that holds them: their own (read, never trained), or the trained one
+    critic_ids: list[int]  # the critics of that stack
+    training: dict[int, np.ndarray]  # (bound, joint part, marginal part) on FITTED_TRAINING_ROWS, every pair
+    every_pair: dict[int, np.ndarray]  # the bounds on the held-out halves A and B, every pair
+
+    def epoch(
+        self, plan: Plan, halves: tuple[tf.Tensor, tf.Tensor] | None, seed: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(training [critics, 3], held_out [critics, 2], their ids) of the critics plan.apart_ids this epoch: on
+        the held-out halves, the pairings a trained critic's reading draws (this stack's critics are read all
+        at once; those the plan dropped are left out)."""
+        ids = plan.apart_ids
+        if not ids or halves is None:
+            return np.zeros((0, 3)), np.zeros((0, 2)), []
+        at = (tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64), tf.constant(self.critic_ids, tf.int32))
+        held_out = self.stack.read_held_out(halves_of(halves, self.critic_ids), *at).numpy()
+        positions = [self.critic_ids.index(critic) for critic in ids]
+        return np.array([self.training[critic] for critic in ids]), held_out[positions], ids
+
+
+def fit_critics(config: Config, data: TrainingRows, compiled: CompiledCritics, plan: Plan) -> FittedCritics:
+    """The weights of each critic of a fitted candidate from its training rows (a resumed run makes the same
+    again), in a stack of their own where plan.apart has them, else in the trained stack `compiled`; and their
+    figures on training rows and bounds on held-out halves, on every pair, once: their weights never change."""
+    stack, critic_ids = compiled, plan.critic_ids
+    if plan.apart:
+        critic_ids = plan.critics_of(sorted(plan.apart))
+        settings = critic_settings_of(config, sorted(plan.apart))
+        stack = compiled_critics(settings, len(critic_ids), compiled.strategy, config.seed)
     x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
+
+    def parts(weights: list[np.ndarray], rows: np.ndarray) -> np.ndarray:  # (bound, joint part, marginal part)
+        joint_part, marginal_part = every_pair_parts(
+            *copula_pair_terms(weights, rows[:, x_columns], rows[:, z_columns])
+        )
+        return np.array([joint_part - marginal_part, joint_part, marginal_part])
+
+    training, every_pair = {}, {}
     for position, critic in enumerate(critic_ids):
         if not is_fitted(config, critic):
             continue
-        weights = copula_weights(data.training_sample(critic), config.data_dim, config.hid_width, config.out_width)
-        network.set_critic_weights(position, weights)
+        sample = data.training_sample(critic)
+        weights = copula_weights(sample, config.data_dim, config.hid_width, config.out_width)
+        stack.model.statistics_network.set_critic_weights(position, weights)
+        training[critic] = parts(weights, sample[:FITTED_TRAINING_ROWS])
         if len(data.held_out_rows[critic]) >= 2:
-            halves = held_out_halves(data.held_out_rows[critic])
-            terms = [copula_pair_terms(weights, half[:, x_columns], half[:, z_columns]) for half in halves]
-            readings[critic] = np.array([every_pair_bound(*each) for each in terms])
-    return readings
+            every_pair[critic] = np.array(
+                [parts(weights, half)[0] for half in held_out_halves(data.held_out_rows[critic])]
+            )
+    return FittedCritics(stack, critic_ids, training, every_pair)
 
 
 def is_fitted(config: Config, critic: int) -> bool:
@@ -1469,21 +1522,23 @@ def write_outputs(
     status saying whether the run completed, diverged or was interrupted."""
     settings, plan = config.critic_settings, outcome.plan
 
-    def stderr_of(chosen: list[int]) -> float:  # of one split's chosen candidates, at the final stack's weights
-        return chosen_critics_stderr(
-            outcome.compiled.model,
-            [data.held_out_rows[critic] for critic in plan.critic_ids],
-            [plan.candidates.index(candidate) for candidate in chosen],
-            config.seed,
-            settings.eval_passes,
-            settings.resampled_latent_dim,
-            config.estimator,
-            plan.critic_ids,
-        )
+    def stderr_of(chosen: list[int]) -> float:  # of one split's chosen candidates (a critic each), as the stacks end
+        stacks = [(outcome.compiled, plan.critic_ids)]
+        if plan.apart:
+            stacks.append((prepared.fitted.stack, prepared.fitted.critic_ids))
+        passes, resample, stderrs = settings.eval_passes, settings.resampled_latent_dim, []
+        for stack, ids in stacks:
+            if held := [ids.index(candidate) for candidate in chosen if candidate in ids]:
+                rows = [data.held_out_rows[critic] for critic in ids]
+                stderr = chosen_critics_stderr(
+                    stack.model, rows, held, config.seed, passes, resample, config.estimator, ids
+                )
+                stderrs += [stderr] * len(held)
+        return float(np.mean(stderrs))
 
     def reread(view: int, candidate: int) -> float | None:  # a fitted critic's reading on every pair
         fold, half = (view, None) if config.folds > 1 else (0, 1 - view)  # one split: view A reads half B
-        halves = prepared.fitted_readings.get(fold * len(config.candidates) + candidate)
+        halves = prepared.fitted.every_pair.get(fold * len(config.candidates) + candidate)
         return None if halves is None else float(halves.mean() if half is None else halves[half])
 
     names = [candidate.name for candidate in config.candidates]
@@ -1542,9 +1597,12 @@ def save_run_files(top: str, config: Config, prepared: PreparedRun, data: Traini
         for k, output_dir in enumerate(prepared.output_dirs):
             if critics > 1:
                 curves(output_dir, k, k + 1)
-        if outcome.status != "diverged":  # those dropped were saved as they stopped
+        if outcome.status != "diverged":  # those dropped from the trained stack were saved as they stopped
             trained_to_the_end = outcome.plan.critic_ids
             save_stopped_critics(config, prepared, data, outcome.compiled, trained_to_the_end, trained_to_the_end)
+            if outcome.plan.apart:
+                fitted = prepared.fitted
+                save_stopped_critics(config, prepared, data, fitted.stack, fitted.critic_ids, fitted.critic_ids)
         if critics > per_fold > 1:  # each fold's own mean over its candidates
             for fold in range(critics // per_fold):
                 curves(os.path.join(top, f"fold-{fold + 1}"), fold * per_fold, (fold + 1) * per_fold)

@@ -165,12 +165,13 @@ def cross_replica_bound(
     return joint_part - marginal_part, joint_part, marginal_part, joint_term, marginal_term
 
 
-def every_pair_bound(
+def every_pair_parts(
     row_terms: np.ndarray, column_terms: np.ndarray, x_factors: np.ndarray, z_factors: np.ndarray
-) -> float:
-    """The Donsker-Varadhan bound of a critic whose scores are T(x_i, z_j) = row_terms[i] + column_terms[j] +
-    x_factors[i] . z_factors[j] (mi_layers.copula_pair_terms) on n rows: mean T on the joint pairs (i, i), and
-    log mean exp T over all n (n - 1) pairs i != j, block by block in float64."""
+) -> tuple[float, float]:
+    """The two parts of the Donsker-Varadhan bound (joint_part - marginal_part) of a critic whose scores are
+    T(x_i, z_j) = row_terms[i] + column_terms[j] + x_factors[i] . z_factors[j] (mi_layers.copula_pair_terms) on
+    n rows: mean T on the joint pairs (i, i), and log mean exp T over all n (n - 1) pairs i != j, block by block
+    in float64."""
     n = len(row_terms)
     joint = float(np.mean(row_terms + column_terms + np.einsum("ik,ik->i", x_factors, z_factors)))
     block = max(1, 2**22 // n)
@@ -182,7 +183,7 @@ def every_pair_bound(
         peak = scores.max()
         log_sums.append(peak + np.log(np.exp(scores - peak).sum()))
     peak = max(log_sums)
-    return joint - (peak + math.log(sum(math.exp(value - peak) for value in log_sums)) - math.log(n * (n - 1)))
+    return joint, peak + math.log(sum(math.exp(value - peak) for value in log_sums)) - math.log(n * (n - 1))
 
 
 def split_halves(rows: tf.Tensor, sample_width: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -283,7 +284,8 @@ class Plan:
     margin train to the end (why: tests/BENCHMARKS.md, "Why the code is as
     it is"). The learning rate is --lr times 0.5 (1 + cos(pi
     epoch / n_epoch)) (cosine), or --lr throughout (constant); the run has
-    n_epoch epochs.
+    n_epoch epochs, or ends sooner where every candidate left is one read
+    apart (fitted, not trained: another epoch would change nothing).
     """
 
     folds: int
@@ -295,21 +297,56 @@ class Plan:
     allowed: tuple[frozenset[int], ...]  # per view: the candidates it may still choose
     epochs: int = 0  # epochs completed
     dropped: tuple[tuple[int, int], ...] = ()  # (candidate, the epoch after which it stopped training)
+    apart: frozenset[int] = frozenset()  # candidates whose critics are fitted and read apart from the trained stack
 
     @classmethod
-    def start(cls, folds: int, per_fold: int, n_epoch: int, schedule: str, margin: float, from_epoch: int) -> Plan:
+    def start(
+        cls,
+        folds: int,
+        per_fold: int,
+        n_epoch: int,
+        schedule: str,
+        margin: float,
+        from_epoch: int,
+        apart: frozenset[int] = frozenset(),
+    ) -> Plan:
         views = folds if folds > 1 else 2
-        return cls(folds, per_fold, n_epoch, schedule, margin, from_epoch, (frozenset(range(per_fold)),) * views)
+        allowed = (frozenset(range(per_fold)),) * views
+        return cls(folds, per_fold, n_epoch, schedule, margin, from_epoch, allowed, apart=apart)
 
     @property
     def candidates(self) -> list[int]:
-        """The candidates still training: those some view may choose."""
+        """The candidates still in the running: those some view may choose."""
         return sorted(set().union(*self.allowed))
 
     @property
+    def trained_candidates(self) -> list[int]:
+        """The candidates still training, in the trained stack."""
+        return [candidate for candidate in self.candidates if candidate not in self.apart]
+
+    @property
+    def stacked_candidates(self) -> list[int]:
+        """The candidates of the trained stack: those still training; once none is (the candidates left are read
+        apart), those that stopped last, which the stack and its last checkpoint still hold."""
+        if self.trained_candidates:
+            return self.trained_candidates
+        stopped = [(epoch, candidate) for candidate, epoch in self.dropped if candidate not in self.apart]
+        last = max(stopped)[0]
+        return sorted(candidate for epoch, candidate in stopped if epoch == last)
+
+    @property
     def critic_ids(self) -> list[int]:
-        """The critics still training, fold-major: critic f * per_fold + c is fold f's candidate c."""
-        return [fold * self.per_fold + candidate for fold in range(self.folds) for candidate in self.candidates]
+        """The critics of the trained stack, fold-major: critic f * per_fold + c is fold f's candidate c."""
+        return self.critics_of(self.stacked_candidates)
+
+    @property
+    def apart_ids(self) -> list[int]:
+        """The critics of the candidates read apart still in the running, fold-major."""
+        return self.critics_of([candidate for candidate in self.candidates if candidate in self.apart])
+
+    def critics_of(self, candidates: list[int]) -> list[int]:
+        """The critics of these candidates, fold-major."""
+        return [fold * self.per_fold + candidate for fold in range(self.folds) for candidate in candidates]
 
     def learning_rate_shares(self) -> tuple[float, float]:
         """The learning rate at the start and at the end of the next epoch, as shares of --lr."""
@@ -321,7 +358,7 @@ class Plan:
         return start, end
 
     def finished(self) -> bool:
-        return self.epochs >= self.n_epoch
+        return self.epochs >= self.n_epoch or not self.trained_candidates
 
     def after(self, history: History) -> Plan:
         """The plan once the history's last epoch is done."""

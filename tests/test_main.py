@@ -16,7 +16,7 @@ import mi_data_processing
 import mi_main
 from mi_data_processing import make_known_mi_rows
 from mi_layers import copula_pair_terms
-from mi_model import every_pair_bound
+from mi_model import every_pair_parts
 
 SHARED_SAMPLE = os.path.join(REPO, "..", "shared", "reference_sample", "combined_input.dat")
 
@@ -401,7 +401,8 @@ def test_a_copula_candidate_is_fitted_once_and_read_on_every_pair(known_mi_file,
             mapped = mi_data_processing.make_transform("rank", {"sorted_columns": saved["sorted_columns"]}, 11)
         held_out = mapped(rows[mi_data_processing.fold_indices(600, 2, fold, 0)[1]])
         halves = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]
-        every_pair = np.mean([every_pair_bound(*copula_pair_terms(weights, h[:, :10], h[:, 10:11])) for h in halves])
+        terms = [copula_pair_terms(weights, half[:, :10], half[:, 10:11]) for half in halves]
+        every_pair = np.mean([np.subtract(*every_pair_parts(*each)) for each in terms])
         chosen = summary["fold_winners"][fold] == "rank:copula"
         assert chosen == (summary["fold_estimates"][fold] == pytest.approx(every_pair, abs=1e-5))
         epochs = np.loadtxt(folder / mi_data_processing.HELD_OUT_FILE)  # 4 pairings a row, drawn anew each epoch
