@@ -186,13 +186,16 @@ class StatisticsNetwork(tf.keras.layers.Layer):
         self.scores.build((self.critics, None, self.hid_width))
         super().build(input_shape)
 
-    def critic_weights(self, k):
-        """Critic k's weights, shaped as a one-critic network holds them."""
+    def critic_weights(self, k, values=None):
+        """Critic k's weights, shaped as a one-critic network holds them; from `values` (the stack's weights as
+        get_weights gives them, read once for several critics) where given."""
+        values = self.get_weights() if values is None else values
         if self.critics == 1:
-            return [weight.numpy() for weight in self.weights]
+            return values
         # EinsumDense's bias is [critics, 1, outputs]; Dense's [outputs]
         return [
-            weight.numpy()[k].reshape(-1) if weight.name == "bias" else weight.numpy()[k] for weight in self.weights
+            value[k].reshape(-1) if weight.name == "bias" else value[k]
+            for weight, value in zip(self.weights, values, strict=True)
         ]
 
     def set_critic_weights(self, k, weights):

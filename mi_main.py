@@ -84,7 +84,14 @@ from mi_data_processing import (  # isort: skip
 )
 import tensorflow as tf
 
-from mi_layers import ACTIVATIONS, FITTED_ACTIVATIONS, copula_pair_terms, copula_weights, training_flops_per_row
+from mi_layers import (
+    ACTIVATIONS,
+    FITTED_ACTIVATIONS,
+    StatisticsNetwork,
+    copula_pair_terms,
+    copula_weights,
+    training_flops_per_row,
+)
 from mi_model import (
     ESTIMATORS,
     History,
@@ -95,6 +102,10 @@ from mi_model import (
     chosen_estimate,
     every_pair_parts,
     held_out_bounds,
+    parts_in_pairings,
+    pooled_bound,
+    read_by_view,
+    views_at_their_best,
 )
 
 
@@ -594,6 +605,12 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
         history = history.appended(
             np.concatenate([training, fitted_training]), np.concatenate([held_out, fitted_held_out]), ids + fitted_ids
         )
+        best = [
+            (view, candidate)
+            for view, candidate in views_at_their_best(history, plan)
+            if not is_fitted(config, candidate)
+        ]
+        prepared.best_weights.record(compiled.model.statistics_network, ids, plan, best)
         report_epoch(config, prepared, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
         plan, compiling = plan.after(history), False
         if plan.critic_ids != ids:  # candidates dropped: their critics are done, the others go on in a smaller stack
@@ -648,11 +665,11 @@ def critic_settings_of(config: Config, candidates: list[int]) -> CriticSettings:
     their log ratio needs (a quadratic form of rank 2 min(data_dim, latent_dim) at most: copula_weights), which
     makes reading them cheaper (2 units, not 128, at 10 x 1)."""
     chosen = tuple(config.candidates[candidate] for candidate in candidates)
-    # CriticSettings's fields are made at run time, out of mypy's sight
-    settings = config.critic_settings._replace(candidates=chosen)  # type: ignore[call-arg]
+    hid_width = config.hid_width
     if all(candidate.activation in FITTED_ACTIVATIONS for candidate in chosen):
-        settings = settings._replace(hid_width=min(config.hid_width, 2 * min(config.data_dim, config.latent_dim)))
-    return settings
+        hid_width = min(hid_width, 2 * min(config.data_dim, config.latent_dim))
+    # CriticSettings's fields are made at run time, out of mypy's sight
+    return config.critic_settings._replace(candidates=chosen, hid_width=hid_width)  # type: ignore[call-arg]
 
 
 def checkpoint_due(config: Config, epoch: int, stopping: bool, last_save: float, plan: Plan) -> bool:
@@ -998,11 +1015,85 @@ def split_for_replicas(strategy: tf.distribute.Strategy, batches: tf.Tensor) -> 
     return strategy.experimental_distribute_values_from_function(share)
 
 
-# A prepared run: its compiled critics, checkpoint and TensorBoard events
+# A prepared run: its compiled critics, the weights its estimate reads, checkpoint and TensorBoard events
+REREAD_PAIRS = 2**14  # marginal pairs of a held-out half on which the estimate reads a chosen trained critic
+
+
+def reread_shifts(half_rows: list[int]) -> int:
+    """How many pairings (cyclic shifts 1, 2, ...) of held-out halves of these sizes the estimate reads the
+    chosen trained critics on, all at once: every pair where REREAD_PAIRS allows (up to 128 rows a half)."""
+    return max(1, min(min(half_rows) - 1, REREAD_PAIRS // max(half_rows)))
+
+
+class BestWeights:
+    """Each trained critic's weights at the epoch its view would choose it (mi_model.views_at_their_best), a
+    slot per (view, candidate): the estimate reads the critic each view chose again there, on up to
+    REREAD_PAIRS pairs of each half instead of the per-epoch 4 pairings a row, whose log mean exp misses the
+    rare large terms at high MI and overshoots (tests/BENCHMARKS.md, "Measured on 2026-12-06: one direction").
+    Checkpoints hold them (variables, updated as a checkpoint is saved)."""
+
+    def __init__(self, one_critic: list[np.ndarray], slots: int):
+        self.values = [np.zeros((slots, *weight.shape), np.float32) for weight in one_critic]
+        self.epochs = np.zeros(slots, np.int64)  # the epoch of each slot's weights; 0: none yet
+        self.variables = [tf.Variable(value) for value in [*self.values, self.epochs]]
+
+    def record(self, network: StatisticsNetwork, critic_ids: list[int], plan: Plan, best: list[tuple[int, int]]):
+        """The weights of the critics of `network` (ids critic_ids) that views have at their best this epoch
+        (best: their (view, candidate) pairs), in their slots."""
+        stack_values = network.get_weights() if best else []
+        for view, candidate in best:
+            critic, _ = read_by_view(plan, view, candidate)
+            if critic in critic_ids:
+                slot, weights = (
+                    view * plan.per_fold + candidate,
+                    network.critic_weights(critic_ids.index(critic), stack_values),
+                )
+                for value, weight in zip(self.values, weights, strict=True):
+                    value[slot] = weight
+                self.epochs[slot] = plan.epochs + 1
+
+    def keep_in_variables(self) -> None:
+        for variable, value in zip(self.variables, [*self.values, self.epochs], strict=True):
+            variable.assign(value)
+
+    def take_from_variables(self) -> None:
+        *self.values, self.epochs = [variable.numpy() for variable in self.variables]
+
+    def bounds(
+        self, config: Config, plan: Plan, chosen: list[tuple[int, int]], held_out_rows: list[np.ndarray]
+    ) -> dict[int, float]:
+        """view -> the bound of the critic the view chose (chosen: (view, candidate) pairs of trained
+        candidates), at its slot's weights, on its held-out rows (both halves' mean with folds; one split: the
+        half the view reads) over the same reread_shifts pairings of every half read, pooled. The critics of
+        one candidate are read at once, side by side in one stack. None of a view whose slot is empty, and
+        none at all where the marginal half is the file's own (one pairing)."""
+        chosen = [(view, candidate) for view, candidate in chosen if self.epochs[view * plan.per_fold + candidate]]
+        if not chosen or not config.resampled_latent_dim:
+            return {}
+        critics = {view: read_by_view(plan, view, candidate) for view, candidate in chosen}
+        half_rows = [len(half) for critic, _ in critics.values() for half in held_out_halves(held_out_rows[critic])]
+        pairings = [tf.fill([2 * len(chosen)], shift) for shift in range(1, reread_shifts(half_rows) + 1)]
+        readings = {}
+        for candidate in sorted({candidate for _, candidate in chosen}):
+            views = [view for view, chosen_candidate in chosen if chosen_candidate == candidate]
+            model = make_model(critic_settings_of(config, [candidate]), len(views))
+            for position, view in enumerate(views):
+                weights = [value[view * plan.per_fold + candidate] for value in self.values]
+                model.statistics_network.set_critic_weights(position, weights)
+            halves = stacked_halves([held_out_rows[critics[view][0]] for view in views])
+            assert halves is not None  # the estimate reads held-out rows
+            shifts = [pairing[: 2 * len(views)] for pairing in pairings]
+            parts = parts_in_pairings(model, halves, shifts, config.resampled_latent_dim)
+            for view, bound in zip(views, pooled_bound(*parts, config.estimator).numpy(), strict=True):
+                readings[view] = float(bound.mean() if critics[view][1] is None else bound[critics[view][1]])
+        return readings
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """A run's checkpoints: the weights and optimizer of the critics still
-    training, the epochs completed and the history so far, all a resumed run
+    training, the epochs completed, the history so far and the BestWeights
+    the estimate will read, all a resumed run
     needs to continue as if never stopped: the shuffles are fixed by (seed,
     epoch), so the epoch stands for the random state, and the plan's
     decisions follow from the history (Plan.after, replayed)."""
@@ -1011,9 +1102,11 @@ class Checkpoint:
     checkpoint: tf.train.Checkpoint
     epoch: tf.Variable
     history: tf.Variable  # History.figures, [epochs, critics * fields]
+    best_weights: BestWeights
 
     def save(self, epoch: int, history: History, compiled: CompiledCritics) -> None:
         self.checkpoint.critics = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer)
+        self.best_weights.keep_in_variables()
         self.epoch.assign(epoch)
         self.history.assign(history.figures().reshape(len(history), -1))
         self.manager.save(checkpoint_number=epoch)
@@ -1058,6 +1151,7 @@ class PreparedRun:
     flops_per_row: int
     adapted: list[str]  # the start line's notes on the defaults adapted to the input
     fitted: FittedCritics
+    best_weights: BestWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1095,7 +1189,9 @@ def prepare(
     settings = critic_settings_of(config, plan.stacked_candidates)
     compiled = compiled_critics(settings, len(plan.critic_ids), strategy, config.seed)
     fitted = fit_critics(config, data, compiled, plan)
-    checkpoint = open_checkpoint(config, compiled, identity, data.critics)
+    views = config.folds if config.folds > 1 else 2
+    best_weights = BestWeights(compiled.model.statistics_network.critic_weights(0), views * len(config.candidates))
+    checkpoint = open_checkpoint(config, compiled, best_weights, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     prepared = PreparedRun(
         compiled=compiled,
@@ -1110,6 +1206,7 @@ def prepare(
         flops_per_row=training_flops_per_row(config.data_dim + config.latent_dim, config.hid_width, config.out_width),
         adapted=adapted,
         fitted=fitted,
+        best_weights=best_weights,
     )
     if not config.quiet:
         print(start_line(config, prepared, data))
@@ -1141,8 +1238,8 @@ class FittedCritics:
         self, plan: Plan, halves: tuple[tf.Tensor, tf.Tensor] | None, seed: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(training [critics, 3], held_out [critics, 2], their ids) of the critics plan.apart_ids this epoch: on
-        the held-out halves, the pairings a trained critic's reading draws (this stack's critics are read all
-        at once; those the plan dropped are left out)."""
+        the held-out halves, as many pairings a row as a trained critic's reading draws (this stack's critics
+        are read all at once; those the plan dropped are left out)."""
         ids = plan.apart_ids
         if not ids or halves is None:
             return np.zeros((0, 3)), np.zeros((0, 2)), []
@@ -1238,7 +1335,7 @@ def saved_history(config: Config, critics: int) -> History:
 
 
 def open_checkpoint(
-    config: Config, compiled: CompiledCritics, identity: dict | None, critics: int
+    config: Config, compiled: CompiledCritics, best_weights: BestWeights, identity: dict | None, critics: int
 ) -> Checkpoint | None:
     """The run's Checkpoint, the critics' weights and optimizer restored with
     --resume, else the run's identity recorded beside the first. identity
@@ -1248,14 +1345,16 @@ def open_checkpoint(
     checkpoint_dir = os.path.join(config.output_dir, CHECKPOINT_DIR)
     epoch, history = checkpoint_variables(critics)
     stack = tf.train.Checkpoint(model=compiled.model, optimizer=compiled.optimizer)
-    checkpoint = tf.train.Checkpoint(critics=stack, epoch=epoch, history=history)
+    best = tf.train.Checkpoint(weights=best_weights.variables)
+    checkpoint = tf.train.Checkpoint(critics=stack, epoch=epoch, history=history, best=best)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints)
     if config.resume:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        best_weights.take_from_variables()
     else:
         os.makedirs(checkpoint_dir, exist_ok=True)
         save_json(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), identity)
-    return Checkpoint(manager, checkpoint, epoch, history)
+    return Checkpoint(manager, checkpoint, epoch, history, best_weights)
 
 
 def stacked_halves(held_out_rows: list[np.ndarray]) -> tuple[tf.Tensor, tf.Tensor] | None:
@@ -1290,7 +1389,9 @@ def start_line(config: Config, prepared: PreparedRun, data: TrainingRows) -> str
     )
     if len(candidates) > 1:
         names = ", ".join(candidate.name for candidate in candidates)
-        rows_text += f"; candidates {names} on each ({critics} critics side by side)"
+        fitted = len(prepared.plan.apart) * folds
+        side_by_side = f"{critics - fitted} critics side by side" + (f", {fitted} fitted" if fitted else "")
+        rows_text += f"; candidates {names} on each ({side_by_side})"
     replicas = prepared.compiled.strategy.num_replicas_in_sync
     return (
         f"MINE ({config.estimator}) on {config.input_name}: {rows_text}, "
@@ -1542,10 +1643,15 @@ def write_outputs(
                 stderrs += [stderr] * len(held)
         return float(np.mean(stderrs))
 
-    def reread(view: int, candidate: int) -> float | None:  # a fitted critic's reading on every pair
-        fold, half = (view, None) if config.folds > 1 else (0, 1 - view)  # one split: view A reads half B
-        halves = prepared.fitted.every_pair.get(fold * len(config.candidates) + candidate)
-        return None if halves is None else float(halves.mean() if half is None else halves[half])
+    def reread(chosen: list[tuple[int, int]]) -> list[float | None]:  # every pair (fitted), or many (trained)
+        readings: dict[int, float] = {}
+        for view, candidate in chosen:
+            critic, half = read_by_view(plan, view, candidate)
+            if (halves := prepared.fitted.every_pair.get(critic)) is not None:
+                readings[view] = float(halves.mean() if half is None else halves[half])
+        trained = [(view, candidate) for view, candidate in chosen if view not in readings]
+        readings |= prepared.best_weights.bounds(config, plan, trained, data.held_out_rows)
+        return [readings.get(view) for view in range(len(chosen))]
 
     names = [candidate.name for candidate in config.candidates]
     estimate_fields, winners = chosen_estimate(
@@ -1569,23 +1675,28 @@ def write_outputs(
 
 def reading_pairs(config: Config, data: TrainingRows, winners: list) -> list[int]:
     """The marginal pairs of each view's reading, from its chosen candidates (winners as chosen_estimate gives
-    them): with folds, fold k's critic on both its held-out halves; with one split, each
+    them): with folds, fold k's critic on both its held-out halves (the fewer of the two); with one split, each
     half read by the other's choice. A fitted critic reads every pair of a half, n (n - 1); a trained one
-    eval_passes pairings a row (one, the file's own, with --marginal file)."""
+    reread_shifts pairings a row (one, the file's own, with --marginal file)."""
     names, per_fold = [candidate.name for candidate in config.candidates], len(config.candidates)
-    passes = config.critic_settings.eval_passes
-
-    def pairs(critic: int, rows: int) -> int:
-        return rows * (rows - 1) if is_fitted(config, critic) else passes * rows
-
-    def halves(critic: int) -> list[int]:
-        return [len(half) for half in held_out_halves(data.held_out_rows[critic])]
-
     if config.folds > 1:
-        critics = [fold * per_fold + names.index(name) for fold, name in enumerate(winners)]
-        return [pairs(critic, min(halves(critic))) for critic in critics]
-    chosen_a, chosen_b = (names.index(name) for name in winners[0])
-    return [pairs(chosen_a, halves(chosen_a)[1]), pairs(chosen_b, halves(chosen_b)[0])]
+        reads = [[(fold * per_fold + names.index(name), half) for half in (0, 1)] for fold, name in enumerate(winners)]
+    else:
+        chosen_a, chosen_b = (names.index(name) for name in winners[0])
+        reads = [[(chosen_a, 1)], [(chosen_b, 0)]]
+    counts = {
+        critic: [len(rows) for rows in held_out_halves(data.held_out_rows[critic])]
+        for view in reads
+        for critic, _ in view
+    }
+    trained = [size for critic, sizes in counts.items() if not is_fitted(config, critic) for size in sizes]
+    shifts = reread_shifts(trained) if trained and config.resampled_latent_dim else 1
+
+    def pairs(critic: int, half: int) -> int:
+        rows = counts[critic][half]
+        return rows * (rows - 1) if is_fitted(config, critic) else rows * shifts
+
+    return [min(pairs(critic, half) for critic, half in view) for view in reads]
 
 
 def save_run_files(top: str, config: Config, prepared: PreparedRun, data: TrainingRows, outcome: Outcome) -> None:

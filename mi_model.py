@@ -462,17 +462,36 @@ def cross_fitted_interval(fold_estimates: list[float]) -> tuple[float, float, tu
     return mean, stderr, (mean - half_width, mean + half_width), mean - t_quantile(0.95, len(estimates) - 1) * stderr
 
 
+def views_at_their_best(history: History, plan: Plan) -> list[tuple[int, int]]:
+    """The (view, candidate) pairs whose decision bound was at its highest yet, for the first time, at the
+    history's last epoch: the (epoch, candidate) that view would choose, were it to choose that candidate
+    (chosen_in_views takes the first of equal highs)."""
+    last, best = len(history) - 1, []
+    for view, (decision, _) in enumerate(decision_views(history, plan.folds, plan.per_fold)):
+        for candidate in sorted(plan.allowed[view]):
+            column = np.nan_to_num(decision[:, candidate], nan=-np.inf)
+            if np.isfinite(column[last]) and int(np.argmax(column)) == last:
+                best.append((view, candidate))
+    return best
+
+
+def read_by_view(plan: Plan, view: int, candidate: int) -> tuple[int, int | None]:
+    """(the critic, its held-out half) a view reads for a candidate: with folds, fold `view`'s critic on both
+    halves (None); with one split, the one critic on the half the view did not decide on."""
+    return (view * plan.per_fold + candidate, None) if plan.folds > 1 else (candidate, 1 - view)
+
+
 def chosen_estimate(
     history: History,
     candidate_names: list[str],
     plan: Plan,
     stderr_of: Callable[[list[int]], float] | None,
-    reread: Callable[[int, int], float | None] = lambda view, candidate: None,
+    reread: Callable[[list[tuple[int, int]]], list[float | None]] = lambda chosen: [None] * len(chosen),
 ) -> tuple[dict, list]:
     """The estimate as summary.json gives it: each view's reading at the
-    (epoch, candidate) it chose (chosen_in_views), or reread(view,
-    candidate) where that gives one (a fitted critic's every-pair reading):
-    with folds their mean and its interval; with one split the mean of the
+    (epoch, candidate) it chose (chosen_in_views), or where reread (of
+    every view's (view, candidate)) gives one, that (the chosen critic read
+    on many pairs): with folds their mean and its interval; with one split the mean of the
     two halves' readings, its error bar stderr_of(the chosen candidates).
     Without held-out rows (stderr_of None, one split), the training rows'
     bound at the last epoch. Returns (summary fields, the winning
@@ -495,9 +514,11 @@ def chosen_estimate(
             "mi_estimate": float(history.training[-1, 0]),
             "mi_estimate_from": "training rows' bound, last epoch",
         }, []
+    in_views = chosen_in_views(history, plan)
+    again = reread([(view, candidate) for view, (_, _, candidate) in enumerate(in_views)])
     readings = [
-        (reading if (again := reread(view, candidate)) is None else again, epoch, candidate)
-        for view, (reading, epoch, candidate) in enumerate(chosen_in_views(history, plan))
+        (reading if new is None else new, epoch, candidate)
+        for (reading, epoch, candidate), new in zip(in_views, again, strict=True)
     ]
     if folds > 1:
         estimates = [reading for reading, _, _ in readings]
@@ -677,13 +698,33 @@ def held_out_bounds(
     """Each critic's bound on each of its held-out parts, [critics, parts],
     averaged over `passes` marginal pairings: halves is (rows, counts) as
     stacked_halves makes them; the critics' ids critic_ids fix their
-    pairings. Read EVAL_ROWS rows of every
-    part at a time (one graph loop, its parts merged by merged_parts), so
-    that the memory it takes does not grow with the held-out rows."""
+    pairings (group_shifts)."""
+    _, parts = halves[1].shape
+    shifts = group_shifts(tf.reshape(halves[1], [-1]), seed, epoch, passes, resample_latent_dim, critic_ids, parts)
+    joint_part, marginal_part = parts_in_pairings(model, halves, shifts, resample_latent_dim)
+    return tf.reduce_mean(joint_part - marginal_part, axis=1)
+
+
+def pooled_bound(joint_part: tf.Tensor, marginal_part: tf.Tensor, estimator: str) -> tf.Tensor:
+    """The bound over every pairing's pairs at once, [critics, parts], from the parts of each pairing [critics,
+    pairings, parts] of as many pairs each (parts_in_pairings): their marginal parts merged (log mean exp of
+    log mean exps; with mine_f, a mean of means), not their bounds averaged."""
+    pairings = tf.cast(tf.shape(marginal_part)[1], marginal_part.dtype)
+    if estimator == "mine_f":
+        return tf.reduce_mean(joint_part - marginal_part, axis=1)
+    return tf.reduce_mean(joint_part, axis=1) - (tf.reduce_logsumexp(marginal_part, axis=1) - tf.math.log(pairings))
+
+
+def parts_in_pairings(
+    model: MineModel, halves: tuple[tf.Tensor, tf.Tensor], shifts: list[tf.Tensor], resample_latent_dim: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(joint_part, marginal_part) of each critic's bound on each of its held-out parts in each pairing
+    (held_out_samples: shifts[p] [critics * parts] is pairing p's), each [critics, pairings, parts]. Read
+    EVAL_ROWS rows of every part at a time (one graph loop, its parts merged by merged_parts), so that the
+    memory it takes does not grow with the held-out rows."""
     rows, counts = halves
     critics, parts, most_rows, _ = rows.shape
     group_counts = tf.reshape(counts, [-1])
-    shifts = group_shifts(group_counts, seed, epoch, passes, resample_latent_dim, critic_ids, parts)
     size = min(most_rows, EVAL_ROWS)
     groups = critics * parts * max(1, len(shifts))
 
@@ -704,7 +745,7 @@ def held_out_bounds(
     _, (_, joint_part, marginal_part) = tf.while_loop(
         lambda start, _: start < most_rows, read_slice, (tf.constant(0), empty)
     )
-    return tf.reduce_mean(tf.reshape(joint_part - marginal_part, [critics, -1, parts]), axis=1)
+    return tf.reshape(joint_part, [critics, -1, parts]), tf.reshape(marginal_part, [critics, -1, parts])
 
 
 @tf.keras.utils.register_keras_serializable(package="mine")

@@ -4,6 +4,7 @@ Not collected by pytest. Run from the repository root:
 
     python tests/bench_small.py                       # 300 and 1,000 rows at the defaults, one split at 1,000 and 5,000
     python tests/bench_small.py --seeds 20 --rows 300 -- --folds 1
+    python tests/bench_small.py -- --candidates C     # CASES, each with these flags added
 
 Each seed draws a new Gaussian 10 x 1 file with a true MI of 1.0 nat
 (mi_data_processing.make_known_mi_rows) and runs mi_main on it quietly;
@@ -62,7 +63,7 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", help="these row counts with the flags after --, not CASES")
     parser.add_argument("flags", nargs="*", help="mi_main flags, after --")
     args = parser.parse_args()
-    cases = [(n_rows, args.flags) for n_rows in args.rows] if args.rows else CASES
+    cases = [(n_rows, args.flags) for n_rows in args.rows] if args.rows else [(n, [*f, *args.flags]) for n, f in CASES]
     print(f"Gaussian 10 x 1, true MI {TRUTH}, {args.seeds} seeds")
     print(
         "| rows | flags | adapted | estimate (mean ± std) | 95 % interval covers truth | "

@@ -75,7 +75,8 @@ def small_run(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             made = recording_compiled_critics(patch)
             summary = mi_main.run(config)
-        return made[0], (summary["mi_estimate"], summary["training_rows_estimate"])
+        # the per-epoch reading too: eval_permutations moves it, and the estimate's only through the chosen epoch
+        return made[0], (summary["mi_estimate"], summary["training_rows_estimate"], summary["held_out_last_epoch"])
 
     return run, base_config, run(base_config)
 

@@ -11,6 +11,7 @@ from conftest import run_main
 
 import mi_data_processing
 import mi_main
+import mi_model
 from mi_data_processing import fold_indices
 from mi_model import cross_fitted_interval, t_quantile
 
@@ -133,3 +134,53 @@ def test_folded_run_resumes_all_its_critics(known_mi_file, tmp_path, capsys):
         )
         critic = tf.keras.models.load_model(tmp_path / "resumed" / fold / mi_main.CRITIC_FILE)
         assert critic.statistics_network.activation == "tanh"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folds", [3, 1])
+def test_the_estimate_reads_each_chosen_critic_again_at_its_chosen_epoch_on_many_pairs(
+    folds, known_mi_file, monkeypatch, tmp_path
+):
+    path = known_mi_file(n_rows=600, mi_nats=0.5, seed=4)
+    captured, write_outputs = {}, mi_main.write_outputs
+
+    def capture(config, prepared, data, outcome, stop):
+        captured.update(config=config, prepared=prepared, data=data, outcome=outcome)
+        return write_outputs(config, prepared, data, outcome, stop)
+
+    monkeypatch.setattr(mi_main, "write_outputs", capture)
+    flags = ["--folds", str(folds), "--candidates", "rank:tanh,asinh:relu", "--n_epoch", "6", *SMALL_RUN]
+    run_main(["--input", path, "--quiet", "--output_dir", str(tmp_path), *flags])
+    summary = json.loads((tmp_path / mi_main.SUMMARY_FILE).read_text())
+    config, prepared, data, outcome = (captured[key] for key in ("config", "prepared", "data", "outcome"))
+    history, plan, best_weights = outcome.history, outcome.plan, prepared.best_weights
+    readings = []
+    chosen = mi_model.chosen_in_views(history, plan)
+    for view, (reading, epoch, candidate) in enumerate(chosen):
+        critic, half = mi_model.read_by_view(plan, view, candidate)
+        slot = view * plan.per_fold + candidate
+        assert best_weights.epochs[slot] == epoch  # the weights of the chosen epoch, not the last
+        model = mi_main.make_model(mi_main.critic_settings_of(config, [candidate]), 1)
+        model.statistics_network.set_weights([value[slot] for value in best_weights.values])
+        # the same 4 pairings as that epoch's reading, drawn in XLA as the training loop's are (XLA's stateless
+        # draws differ from TensorFlow's kernels'): the same figures
+        read = tf.function(mi_main.held_out_bounds, jit_compile=True)
+        halves = mi_main.stacked_halves([data.held_out_rows[critic]])
+        again = read(model, halves, 0, epoch, 4, 1, tf.constant([critic])).numpy()[0]
+        np.testing.assert_allclose(
+            again, [history.held_out_a[epoch - 1, critic], history.held_out_b[epoch - 1, critic]], atol=1e-5
+        )
+        assert (again.mean() if half is None else again[half]) == pytest.approx(reading, abs=1e-5)
+        # alone, on every pair its half's size allows, as the estimate reads it beside the other views' choices
+        shifts = mi_main.reread_shifts([len(rows) // 2 for rows in data.held_out_rows])
+        pairings = [tf.fill([2], shift) for shift in range(1, shifts + 1)]
+        pooled = mi_model.pooled_bound(*mi_model.parts_in_pairings(model, halves, pairings, 1), "mine").numpy()[0]
+        readings.append(pooled.mean() if half is None else pooled[half])
+    rereads = best_weights.bounds(
+        config, plan, [(view, c) for view, (_, _, c) in enumerate(chosen)], data.held_out_rows
+    )
+    assert list(rereads.values()) == pytest.approx(readings, abs=1e-5)
+    assert shifts >= 49 and summary["mi_certifiable"] == pytest.approx(
+        math.log(shifts * min(map(len, data.held_out_rows)) // 2), abs=0.01
+    )
+    assert summary["mi_estimate"] == pytest.approx(np.mean(readings), abs=1e-5)

@@ -413,12 +413,17 @@ def test_a_copula_candidate_is_fitted_once_and_read_on_every_pair(known_mi_file,
 
 
 def test_each_reading_counts_its_pairs_a_fitted_critic_every_pair():
-    nine_rows = types.SimpleNamespace(held_out_rows=[np.zeros((9, 22))] * 10)  # halves of 4 and 5 rows
-    config = mi_main.parse_flags(["--candidates", "rank:tanh,rank:copula"])  # 5 folds, 4 pairings a row
+    thousand_rows = types.SimpleNamespace(held_out_rows=[np.zeros((1000, 22))] * 10)  # halves of 500 rows
+    config = mi_main.parse_flags(["--candidates", "rank:tanh,rank:copula"])  # 5 folds
     winners = ["rank:tanh", "rank:copula", "rank:tanh", "rank:tanh", "rank:copula"]
-    assert mi_main.reading_pairs(config, nine_rows, winners) == [16, 12, 16, 16, 12]  # 4 x 4, 4 x 3
+    trained, fitted = 32 * 500, 500 * 499  # 2**14 // 500 shifts of 500 rows; every pair of 500 rows
+    assert mi_main.reading_pairs(config, thousand_rows, winners) == [trained, fitted, trained, trained, fitted]
     one_split = mi_main.parse_flags(["--folds", "1", "--candidates", "rank:tanh,rank:copula"])
-    assert mi_main.reading_pairs(one_split, nine_rows, [["rank:copula", "rank:tanh"]]) == [20, 16]  # 5 x 4, 4 x 4
+    assert mi_main.reading_pairs(one_split, thousand_rows, [["rank:copula", "rank:tanh"]]) == [fitted, trained]
+    nine_rows = types.SimpleNamespace(held_out_rows=[np.zeros((9, 22))] * 10)  # halves of 4 and 5 rows
+    assert mi_main.reading_pairs(config, nine_rows, winners) == [12] * 5  # trained: 3 shifts, as the smaller half
+    file_pairs = mi_main.parse_flags(["--marginal", "file", "--folds", "2"])  # the file's own: one pairing
+    assert mi_main.reading_pairs(file_pairs, thousand_rows, ["rank:tanh"] * 2) == [500, 500]
 
 
 def test_the_final_line_says_when_the_interval_reaches_what_the_pairs_can_certify():

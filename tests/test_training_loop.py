@@ -11,8 +11,17 @@ import tensorflow as tf
 from epoch_rows import epoch_batches
 
 from mi_layers import copula_pair_terms, copula_weights
-from mi_main import CompiledCritics, Config, EpochSchedule, InputError, make_optimizer, make_train_step, parse_flags
-from mi_model import MineModel, every_pair_parts
+from mi_main import (
+    CompiledCritics,
+    Config,
+    EpochSchedule,
+    InputError,
+    critic_settings_of,
+    make_optimizer,
+    make_train_step,
+    parse_flags,
+)
+from mi_model import MineModel, every_pair_parts, parts_in_pairings, pooled_bound
 
 # SGD: Adam divides by the gradient's running size, which turns float32
 # reassociation noise in a near-zero gradient into a visible step.
@@ -201,6 +210,14 @@ def test_copula_weights_give_the_gaussian_log_density_ratio():
     np.testing.assert_allclose(scores, exact, atol=0.02)
 
 
+def test_fitted_critics_alone_take_the_hidden_units_their_quadratic_form_needs():
+    config = parse_flags(["--candidates", "rank:tanh,rank:copula,standardize:copula"])
+    assert critic_settings_of(config, [1, 2]).hid_width == 2  # 2 min(10, 1): the rank of the log ratio at 10 x 1
+    assert critic_settings_of(config, [0, 1]).hid_width == 128  # beside a trained critic, as --hid_width says
+    wide = dataclasses.replace(config, data_dim=100, latent_dim=100)
+    assert critic_settings_of(wide, [1]).hid_width == 128  # rank up to 200: the largest 128 (copula_weights)
+
+
 def test_a_fitted_critic_keeps_its_weights_while_its_stack_trains():
     config = Config(hid_width=16, candidates="rank:tanh,rank:copula", lr=0.01)
     stack = CompiledCritics(config.critic_settings, 2, tf.distribute.get_strategy(), seed=0)
@@ -236,3 +253,17 @@ def test_every_pair_parts_of_a_copula_critic_are_those_over_every_pair():
     others = scores[~np.eye(40, dtype=bool)]
     expected = scores.diagonal().mean(), np.log(np.mean(np.exp(others.astype(np.float64))))
     assert every_pair_parts(*terms) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_pooled_reading_over_every_cyclic_shift_is_the_bound_over_every_pair():
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((2, 25, 3)).astype(np.float32)  # two halves of 25 rows of (x [2], z [1])
+    model = MineModel(2, 1, 8, 1, seed=0)
+    halves = (tf.constant(np.concatenate([rows, rows], axis=-1)[None]), tf.constant([[25, 25]]))
+    shifts = [tf.fill([2], shift) for shift in range(1, 25)]
+    pooled = pooled_bound(*parts_in_pairings(model, halves, shifts, 1), "mine").numpy()[0]
+    for half, expected in zip(rows, pooled, strict=True):
+        pairs = np.array([[*half[i, :2], half[j, 2]] for i in range(25) for j in range(25)], np.float32)
+        scores = model.statistics_network(tf.constant(pairs[None])).numpy()[0, :, 0].reshape(25, 25)
+        others = scores[~np.eye(25, dtype=bool)].astype(np.float64)
+        assert expected == pytest.approx(scores.diagonal().mean() - np.log(np.mean(np.exp(others))), abs=1e-5)
