@@ -13,7 +13,8 @@ or, from Python, estimate(x, z, n_epoch=100).
 Top to bottom: the settings and their defaults (Config); the defaults that
 follow the flags and the input (every value a run takes other than the one
 given); the training step; the training loop; the compiled critics and
-tf.distribute; a run from its settings to its results (main, estimate,
+tf.distribute; a prepared run (the fitted critics, the weights the estimate
+reads, checkpoints); a run from its settings to its results (main, estimate,
 run); the command line's flags, made from Config; the process's start-up.
 This module imports the other three and none imports it: reading inputs,
 epochs and writing results live in mi_data_processing, the bounds, the
@@ -141,15 +142,16 @@ class Config:
     # Model: the network T, its candidates and its bound
     hid_width: int = setting(128, "units in each hidden layer of T", "model", above=0, compiled=True, resume=True)
     out_width: int = setting(1, "outputs of T (1: one score per sample)", "model", above=0, compiled=True, resume=True)
-    # Candidate critics trained side by side on every fold; each fold is read at the (candidate, epoch) with the
-    # highest mean held-out bound over the other folds. Weight decay (wd) lifts sparse and heavy-tailed
-    # dependence; two decays, since the stronger loses additive noise (tests/BENCHMARKS.md).
+    # Candidate critics on every fold; each fold is read at the (candidate, epoch) with the highest mean held-out
+    # bound over the other folds. Weight decay (wd) lifts sparse and heavy-tailed dependence; two decays, since
+    # the stronger loses additive noise. rank:copula is fitted in closed form, exact on any Gaussian copula
+    # (standardize:copula, exact at high MI too, read one heavy-tailed fold at 364 nats: tests/BENCHMARKS.md).
     candidates: tuple[Candidate, ...] = setting(
-        "rank:tanh,asinh:relu:wd0.5,asinh:relu:wd2",
-        "critics trained side by side on every fold, each TRANSFORM:ACTIVATION, or TRANSFORM:ACTIVATION:wdDECAY for a "
-        "decoupled weight decay (asinh:relu:wd2); each fold is read at the one with the highest held-out bound on the "
-        "other folds; one candidate: a fixed critic (default: {default}, or {one_critic} with --cache_dir, a "
-        "--strategy other than default or no held-out rows)",
+        "rank:tanh,asinh:relu:wd0.5,asinh:relu:wd2,rank:copula",
+        "critics on every fold, each TRANSFORM:ACTIVATION, or TRANSFORM:ACTIVATION:wdDECAY for a decoupled weight "
+        "decay (asinh:relu:wd2); trained side by side, but copula critics, fitted in closed form; each fold is read "
+        "at the one with the highest held-out bound on the other folds; one candidate: a fixed critic (default: "
+        "{default}, or {one_critic} with --cache_dir, a --strategy other than default or no held-out rows)",
         "model",
         kind=Candidate,
         compiled=True,
@@ -244,7 +246,11 @@ class Config:
         262_144, "rows shuffled together when streaming (--cache_dir): whole shards of 65,536 rows", "data", above=0
     )
     eval_permutations: int = setting(
-        4, "fresh marginal pairings averaged per held-out evaluation", "data", above=0, compiled=True
+        4,
+        "fresh marginal pairings a row of each epoch's held-out reading (the estimate's reading takes many more)",
+        "data",
+        above=0,
+        compiled=True,
     )
     # Training
     batch_size: int = setting(
@@ -570,7 +576,7 @@ def make_train_step(
 # The training loop
 def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopRequest) -> Outcome:
     """Epoch after epoch until --n_epoch, a non-finite loss or a stop
-    request, or until no critic trains: each epoch trains every critic still
+    request: each epoch trains every critic still
     training on its rows, reads its bound (and the fitted critics') on its
     held-out rows, logs a line (or a progress bar
     step) and TensorBoard scalars; then the plan reads the held-out bounds
@@ -636,7 +642,7 @@ def smaller_stack(
     done, and their models are saved now (they train no more)."""
     kept = plan.critic_ids
     smaller = compiled_critics(
-        critic_settings_of(config, plan.stacked_candidates), len(kept), compiled.strategy, config.seed
+        critic_settings_of(config, plan.trained_candidates), len(kept), compiled.strategy, config.seed
     )
     smaller.take_over(compiled, [ids.index(critic) for critic in kept])
     if prepared.output_dirs:
@@ -1186,7 +1192,7 @@ def prepare(
         history = saved_history(config, data.critics)
         for epochs in range(1, len(history) + 1):
             plan = plan.after(history.first(epochs))
-    settings = critic_settings_of(config, plan.stacked_candidates)
+    settings = critic_settings_of(config, plan.trained_candidates)
     compiled = compiled_critics(settings, len(plan.critic_ids), strategy, config.seed)
     fitted = fit_critics(config, data, compiled, plan)
     views = config.folds if config.folds > 1 else 2
@@ -1238,8 +1244,9 @@ class FittedCritics:
         self, plan: Plan, halves: tuple[tf.Tensor, tf.Tensor] | None, seed: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(training [critics, 3], held_out [critics, 2], their ids) of the critics plan.apart_ids this epoch: on
-        the held-out halves, as many pairings a row as a trained critic's reading draws (this stack's critics
-        are read all at once; those the plan dropped are left out)."""
+        the held-out halves, as many pairings a row as a trained critic's reading draws, so that the choice
+        compares readings alike (tests/BENCHMARKS.md, "Why the code is as it is"); this stack's critics are read
+        all at once, those the plan dropped left out."""
         ids = plan.apart_ids
         if not ids or halves is None:
             return np.zeros((0, 3)), np.zeros((0, 2)), []

@@ -277,15 +277,16 @@ class Plan:
     learning rate's course.
 
     From epoch `from_epoch` on, a view drops a candidate that is behind its
-    leader (the candidate of its highest decision bound so far) on every
-    other fold by more than `margin` nats; a candidate stops training once
-    every view has dropped it. The choice a view leaves is made on its
+    leader (the candidate of its highest decision bound so far; beside
+    trained candidates, the trained one: a fitted critic's reading never
+    grows, a trained one's may pass it later) on every other fold by more
+    than `margin` nats; a candidate stops training once every view has
+    dropped it. The choice a view leaves is made on its
     decision rows alone, never on the rows it reads; candidates within the
     margin train to the end (why: tests/BENCHMARKS.md, "Why the code is as
     it is"). The learning rate is --lr times 0.5 (1 + cos(pi
     epoch / n_epoch)) (cosine), or --lr throughout (constant); the run has
-    n_epoch epochs, or ends sooner where every candidate left is one read
-    apart (fitted, not trained: another epoch would change nothing).
+    n_epoch epochs.
     """
 
     folds: int
@@ -325,19 +326,9 @@ class Plan:
         return [candidate for candidate in self.candidates if candidate not in self.apart]
 
     @property
-    def stacked_candidates(self) -> list[int]:
-        """The candidates of the trained stack: those still training; once none is (the candidates left are read
-        apart), those that stopped last, which the stack and its last checkpoint still hold."""
-        if self.trained_candidates:
-            return self.trained_candidates
-        stopped = [(epoch, candidate) for candidate, epoch in self.dropped if candidate not in self.apart]
-        last = max(stopped)[0]
-        return sorted(candidate for epoch, candidate in stopped if epoch == last)
-
-    @property
     def critic_ids(self) -> list[int]:
-        """The critics of the trained stack, fold-major: critic f * per_fold + c is fold f's candidate c."""
-        return self.critics_of(self.stacked_candidates)
+        """The critics still training, fold-major: critic f * per_fold + c is fold f's candidate c."""
+        return self.critics_of(self.trained_candidates)
 
     @property
     def apart_ids(self) -> list[int]:
@@ -358,7 +349,7 @@ class Plan:
         return start, end
 
     def finished(self) -> bool:
-        return self.epochs >= self.n_epoch or not self.trained_candidates
+        return self.epochs >= self.n_epoch
 
     def after(self, history: History) -> Plan:
         """The plan once the history's last epoch is done."""
@@ -366,7 +357,8 @@ class Plan:
         if epochs >= self.from_epoch and not np.isnan(history.held_out[-1]).all():
             for view, (decision, _) in enumerate(decision_views(history, self.folds, self.per_fold)):
                 best = {candidate: float(np.nanmax(decision[:, candidate])) for candidate in allowed[view]}
-                leader = max(best, key=lambda candidate: best[candidate])
+                trained = [candidate for candidate in best if candidate not in self.apart] or list(best)
+                leader = max(trained, key=lambda candidate: best[candidate])
                 allowed[view] = frozenset(
                     candidate
                     for candidate in allowed[view]

@@ -218,7 +218,7 @@ def main():
             f"{f'{sum(hits)} of {len(hits)}' if hits else '-'} | {mean_or_dash(family_widths)} | "
             f"{f'{sum(holds)} of {len(holds)}' if holds else '-'} |"
         )
-    small = np.concatenate([error for truth, error in errors.values() if truth <= 2])
+    small = np.concatenate([[]] + [error for truth, error in errors.values() if truth <= 2])
     if small.size:
         print(f"tasks with MI <= 2: mean absolute error {np.abs(small).mean():.3f}, worst {np.abs(small).max():.3f}")
     small_coverage = [hit for truth, hits in coverage.values() if truth <= 2 for hit in hits]

@@ -213,14 +213,15 @@ def test_a_candidate_behind_on_every_other_fold_by_the_margin_stops_from_the_epo
     assert plan(3, 2).after(bounds_of(0.5, 0.3, epochs=2)).candidates == [0, 1]  # not before from_epoch
 
 
-def test_a_plan_ends_once_only_candidates_read_apart_are_left_and_keeps_the_last_stack():
+def test_a_fitted_candidate_read_apart_leads_no_drop_but_may_be_dropped():
     apart = Plan.start(3, 2, 100, "cosine", 0.05, 3, apart=frozenset({0}))  # candidate 0 fitted, 1 trained
-    assert apart.critic_ids == [1, 3, 5] and apart.apart_ids == [0, 2, 4] and not apart.finished()
-    later = after_each_epoch(apart, bounds_of(0.5, 0.3, epochs=3))  # the trained candidate far behind
-    assert later.dropped == ((1, 3),) and later.finished() and later.epochs == 3 < later.n_epoch
-    assert later.apart_ids == [0, 2, 4] and later.critic_ids == [1, 3, 5]  # the stack its last checkpoint holds
-    kept = after_each_epoch(apart, bounds_of(0.3, 0.5))  # the fitted one behind: dropped, the other trains on
-    assert kept.apart_ids == [] and kept.critic_ids == [1, 3, 5] and not kept.finished()
+    assert apart.critic_ids == [1, 3, 5] and apart.apart_ids == [0, 2, 4]
+    behind = after_each_epoch(apart, bounds_of(0.5, 0.3))  # the trained one far behind: it may pass it later
+    assert behind.candidates == [0, 1] and behind.critic_ids == [1, 3, 5]
+    ahead = after_each_epoch(apart, bounds_of(0.3, 0.5))  # the fitted one behind the trained leader: dropped
+    assert ahead.apart_ids == [] and ahead.critic_ids == [1, 3, 5] and ahead.dropped == ((0, 3),)
+    alone = after_each_epoch(plan(3, 2), bounds_of(0.5, 0.3))  # fitted candidates alone (none apart): as ever
+    assert alone.candidates == [0]
 
 
 def test_a_candidate_within_the_margin_or_ahead_on_one_fold_goes_on():
