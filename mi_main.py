@@ -414,7 +414,9 @@ def resolved(given: dict[str, Any]) -> Config:
     defaults), with the defaults that follow other flags worked out: one
     split where one was asked for (--val_fraction) or where the critics
     cannot share a device; one fixed critic for --transform or --activation,
-    or where candidates cannot be chosen or trained side by side."""
+    or where candidates cannot be chosen or trained side by side; no fitted
+    candidate by default with --estimator mine_f (its weights fit the DV
+    bound's optimum, not mine_f's)."""
     config = Config(**given)
     fixed = config.transform is not None or config.activation is not None
     if fixed and "candidates" in given:
@@ -429,6 +431,8 @@ def resolved(given: dict[str, Any]) -> Config:
         candidates = parse_candidates(f"{config.transform or one_transform}:{config.activation or one_activation}")
     elif "candidates" not in given and (not one_device or (folds == 1 and config.val_fraction == 0)):
         candidates = parse_candidates(ONE_CRITIC)
+    elif "candidates" not in given and config.estimator == "mine_f":  # the copula critic fits the DV bound's optimum
+        candidates = tuple(candidate for candidate in candidates if candidate.activation not in FITTED_ACTIVATIONS)
     adaptable = {
         name
         for name, field in FLAG_FIELDS.items()
@@ -1265,6 +1269,7 @@ def fit_critics(config: Config, data: TrainingRows, compiled: CompiledCritics, p
         critic_ids = plan.critics_of(sorted(plan.apart))
         settings = critic_settings_of(config, sorted(plan.apart))
         stack = compiled_critics(settings, len(critic_ids), compiled.strategy, config.seed)
+        stack.model(tf.zeros([len(critic_ids), 1, 2 * stack.model.sample_width]))  # built, as saving expects
     x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
 
     def parts(weights: list[np.ndarray], rows: np.ndarray) -> np.ndarray:  # (bound, joint part, marginal part)
