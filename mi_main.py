@@ -609,7 +609,7 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
             # last checkpoint stays.
             diverged_in = epoch
             break
-        fitted_training, fitted_held_out, fitted_ids = prepared.fitted.epoch(plan, prepared.halves, config.seed, epoch)
+        fitted_training, fitted_held_out, fitted_ids = prepared.fitted.epoch(plan, config.seed, epoch)
         epoch_seconds.append(time.perf_counter() - epoch_start)
         rows_per_epoch.append(rows_trained)
         history = history.appended(
@@ -1198,7 +1198,8 @@ def prepare(
             plan = plan.after(history.first(epochs))
     settings = critic_settings_of(config, plan.trained_candidates)
     compiled = compiled_critics(settings, len(plan.critic_ids), strategy, config.seed)
-    fitted = fit_critics(config, data, compiled, plan)
+    halves = stacked_halves(data.held_out_rows)
+    fitted = fit_critics(config, data, compiled, plan, halves)
     views = config.folds if config.folds > 1 else 2
     best_weights = BestWeights(compiled.model.statistics_network.critic_weights(0), views * len(config.candidates))
     checkpoint = open_checkpoint(config, compiled, best_weights, identity, data.critics)
@@ -1208,7 +1209,7 @@ def prepare(
         plan=plan,
         output_dirs=output_dirs,
         truth=(read_sidecar(config.input) or {}).get("true_mi_nats") if config.input is not None else None,
-        halves=stacked_halves(data.held_out_rows),
+        halves=halves,
         first_epoch=len(history),
         history=history,
         checkpoint=checkpoint,
@@ -1243,27 +1244,33 @@ class FittedCritics:
     critic_ids: list[int]  # the critics of that stack
     training: dict[int, np.ndarray]  # (bound, joint part, marginal part) on FITTED_TRAINING_ROWS, every pair
     every_pair: dict[int, np.ndarray]  # the bounds on the held-out halves A and B, every pair
+    halves: tuple[tf.Tensor, tf.Tensor] | None  # the stack's critics' held-out halves, gathered once
 
-    def epoch(
-        self, plan: Plan, halves: tuple[tf.Tensor, tf.Tensor] | None, seed: int, epoch: int
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def epoch(self, plan: Plan, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(training [critics, 3], held_out [critics, 2], their ids) of the critics plan.apart_ids this epoch: on
         the held-out halves, as many pairings a row as a trained critic's reading draws, so that the choice
         compares readings alike (tests/BENCHMARKS.md, "Why the code is as it is"); this stack's critics are read
         all at once, those the plan dropped left out."""
         ids = plan.apart_ids
-        if not ids or halves is None:
+        if not ids or self.halves is None:
             return np.zeros((0, 3)), np.zeros((0, 2)), []
         at = (tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64), tf.constant(self.critic_ids, tf.int32))
-        held_out = self.stack.read_held_out(halves_of(halves, self.critic_ids), *at).numpy()
+        held_out = self.stack.read_held_out(self.halves, *at).numpy()
         positions = [self.critic_ids.index(critic) for critic in ids]
         return np.array([self.training[critic] for critic in ids]), held_out[positions], ids
 
 
-def fit_critics(config: Config, data: TrainingRows, compiled: CompiledCritics, plan: Plan) -> FittedCritics:
+def fit_critics(
+    config: Config,
+    data: TrainingRows,
+    compiled: CompiledCritics,
+    plan: Plan,
+    halves: tuple[tf.Tensor, tf.Tensor] | None,
+) -> FittedCritics:
     """The weights of each critic of a fitted candidate from its training rows (a resumed run makes the same
     again), in a stack of their own where plan.apart has them, else in the trained stack `compiled`; and their
-    figures on training rows and bounds on held-out halves, on every pair, once: their weights never change."""
+    figures on training rows and bounds on held-out halves, on every pair, once: their weights never change.
+    halves: every critic's held-out halves (stacked_halves), of which the stack's are kept for its readings."""
     stack, critic_ids = compiled, plan.critic_ids
     if plan.apart:
         critic_ids = plan.critics_of(sorted(plan.apart))
@@ -1290,7 +1297,7 @@ def fit_critics(config: Config, data: TrainingRows, compiled: CompiledCritics, p
             every_pair[critic] = np.array(
                 [parts(weights, half)[0] for half in held_out_halves(data.held_out_rows[critic])]
             )
-    return FittedCritics(stack, critic_ids, training, every_pair)
+    return FittedCritics(stack, critic_ids, training, every_pair, halves_of(halves, critic_ids))
 
 
 def is_fitted(config: Config, critic: int) -> bool:
