@@ -31,6 +31,7 @@ import ctypes
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -101,9 +102,14 @@ from mi_model import (
     certified_limit,
     chosen_critics_stderr,
     chosen_estimate,
+    combined_p_value,
+    drawn_permutations,
     every_pair_parts,
     held_out_bounds,
+    max_t,
     parts_in_pairings,
+    permutation_p_value,
+    permuted_sums,
     pooled_bound,
     read_by_view,
     views_at_their_best,
@@ -323,6 +329,16 @@ class Config:
         "of the final line and summary.json's estimates (the per-epoch files stay in nats)",
         "output",
         choices=("nats", "bits"),
+    )
+    permutations: int = setting(
+        0,
+        "test independence: re-pair each fold's z with its x this many times, score every pairing with the fold's "
+        "critics and report an exact p-value (0: no test; 999 gives p down to 0.001 a fold); the rows must be "
+        "exchangeable, as independent draws are: not a time series",
+        "output",
+        at_least=0,
+        below=100_000,
+        resume=True,
     )
     evaluate_only: str | None = setting(
         None,
@@ -621,6 +637,7 @@ def train(config: Config, data: TrainingRows, prepared: PreparedRun, stop: StopR
             if not is_fitted(config, candidate)
         ]
         prepared.best_weights.record(compiled.model.statistics_network, ids, plan, best)
+        prepared.best_weights.keep_for_test(compiled.model.statistics_network, ids, epoch)
         report_epoch(config, prepared, compiled, plan, progress, history, rows_trained / epoch_seconds[-1], epoch_start)
         plan, compiling = plan.after(history), False
         if plan.critic_ids != ids:  # candidates dropped: their critics are done, the others go on in a smaller stack
@@ -1040,12 +1057,32 @@ class BestWeights:
     slot per (view, candidate): the estimate reads the critic each view chose again there, on up to
     REREAD_PAIRS pairs of each half instead of the per-epoch 4 pairings a row, whose log mean exp misses the
     rare large terms at high MI and overshoots (tests/BENCHMARKS.md, "Measured on 2026-12-06: one direction").
-    Checkpoints hold them (variables, updated as a checkpoint is saved)."""
+    With --permutations, a slot more per critic holds its weights at the epoch the independence test reads
+    (test_epoch). Checkpoints hold them all (variables, updated as a checkpoint is saved)."""
 
-    def __init__(self, one_critic: list[np.ndarray], slots: int):
-        self.values = [np.zeros((slots, *weight.shape), np.float32) for weight in one_critic]
-        self.epochs = np.zeros(slots, np.int64)  # the epoch of each slot's weights; 0: none yet
+    def __init__(self, one_critic: list[np.ndarray], slots: int, test_critics: int = 0, test_epoch: int = 0):
+        self.values = [np.zeros((slots + test_critics, *weight.shape), np.float32) for weight in one_critic]
+        self.epochs = np.zeros(slots + test_critics, np.int64)  # the epoch of each slot's weights; 0: none yet
         self.variables = [tf.Variable(value) for value in [*self.values, self.epochs]]
+        self.first_test_slot, self.test_epoch = slots, test_epoch
+
+    def keep(self, slot: int, weights: list[np.ndarray], epoch: int) -> None:
+        for value, weight in zip(self.values, weights, strict=True):
+            value[slot] = weight
+        self.epochs[slot] = epoch
+
+    def keep_for_test(self, network: StatisticsNetwork, critic_ids: list[int], epoch: int) -> None:
+        """The weights of every critic of `network` (ids critic_ids) if the test reads this epoch."""
+        if epoch == self.test_epoch and self.first_test_slot < len(self.epochs):
+            stack_values = network.get_weights()
+            for position, critic in enumerate(critic_ids):
+                self.keep(self.first_test_slot + critic, network.critic_weights(position, stack_values), epoch)
+
+    def test_weights(self, critic: int) -> list[np.ndarray]:
+        """The critic's weights at the test's epoch (keep_for_test kept them)."""
+        slot = self.first_test_slot + critic
+        assert self.epochs[slot] == self.test_epoch, "the test reads critics at the epoch they were kept"
+        return [value[slot] for value in self.values]
 
     def record(self, network: StatisticsNetwork, critic_ids: list[int], plan: Plan, best: list[tuple[int, int]]):
         """The weights of the critics of `network` (ids critic_ids) that views have at their best this epoch
@@ -1054,13 +1091,8 @@ class BestWeights:
         for view, candidate in best:
             critic, _ = read_by_view(plan, view, candidate)
             if critic in critic_ids:
-                slot, weights = (
-                    view * plan.per_fold + candidate,
-                    network.critic_weights(critic_ids.index(critic), stack_values),
-                )
-                for value, weight in zip(self.values, weights, strict=True):
-                    value[slot] = weight
-                self.epochs[slot] = plan.epochs + 1
+                weights = network.critic_weights(critic_ids.index(critic), stack_values)
+                self.keep(view * plan.per_fold + candidate, weights, plan.epochs + 1)
 
     def keep_in_variables(self) -> None:
         for variable, value in zip(self.variables, [*self.values, self.epochs], strict=True):
@@ -1201,7 +1233,12 @@ def prepare(
     halves = stacked_halves(data.held_out_rows)
     fitted = fit_critics(config, data, compiled, plan, halves)
     views = config.folds if config.folds > 1 else 2
-    best_weights = BestWeights(compiled.model.statistics_network.critic_weights(0), views * len(config.candidates))
+    best_weights = BestWeights(
+        compiled.model.statistics_network.critic_weights(0),
+        views * len(config.candidates),
+        data.critics if config.permutations else 0,
+        test_epoch(config, plan),
+    )
     checkpoint = open_checkpoint(config, compiled, best_weights, identity, data.critics)
     logdir = config.logdir or (os.path.join(config.output_dir, "logs") if config.output_dir is not None else None)
     prepared = PreparedRun(
@@ -1568,6 +1605,8 @@ def run(config: Config, arrays: tuple[np.ndarray, np.ndarray] | None = None) -> 
     results cannot be written."""
     start_process()
     if config.evaluate_only:
+        if config.permutations:
+            fail("--permutations tests the critics a run trains; --evaluate_only reads a saved one, its rows unknown")
         return evaluate_only(config, config.evaluate_only, arrays)
     check_combination(config)
     strategy = make_strategy(config)
@@ -1611,6 +1650,8 @@ def check_combination(config: Config) -> None:
             "several --candidates train side by side on one device, on rows in memory; they do not combine with "
             + ("--cache_dir" if config.cache_dir else f"--strategy {config.strategy}")
         )
+    if config.permutations and config.folds == 1 and config.val_fraction == 0:
+        fail("--permutations tests on held-out rows; there are none with --folds 1 and --val_fraction 0")
     if config.estimator == "mine_f" and any(c.activation in FITTED_ACTIVATIONS for c in config.candidates):
         fail("--estimator mine_f bounds another function than the copula critic fits; use mine or mine_biased")
     if config.cache_dir and (config.input is None or os.path.splitext(config.input)[1].lower() not in TEXT_SUFFIXES):
@@ -1678,6 +1719,7 @@ def write_outputs(
     )
     if prepared.halves is not None and estimate_fields["mi_estimate"] is not None:
         estimate_fields |= certified_limit(estimate_fields, reading_pairs(config, data, winners))
+    estimate_fields |= independence_fields(config, data, prepared, outcome)
     if config.output_dir is not None:
         save_run_files(config.output_dir, config, prepared, data, outcome)
     summary = run_summary(config, prepared, data, outcome, stop, estimate_fields)
@@ -1848,14 +1890,137 @@ def final_line(config: Config, summary: dict, winners: list, seconds: float) -> 
     dropped = "; dropped " + ", ".join(
         f"{name} after epoch {epoch}" for name, epoch in summary["candidates_dropped"].items()
     )
+    test = ""
+    if summary.get("p_value") is not None:
+        test = f"; independence p = {summary['p_value']:.3g} (exact: {config.permutations} permutations" + (
+            f" a fold, Bonferroni over {folds} folds)" if folds > 1 else ")"
+        )
     return (
         f"estimated I(X; Z) = {estimate_text}"
         + (f" from the {summary['mi_estimate_from']}" if folds == 1 else "")
         + chosen
         + (dropped if summary["candidates_dropped"] else "")
         + limit
+        + test
         + f", in {seconds:.1f} s{where}"
     )
+
+
+# The independence test: is the dependence real?
+PERMUTATION_STREAM = 2**40  # the test's permutations draw from (seed, fold, this): a stream of their own
+TEST_PAIRS = 2**16  # distinct (x, z) pairs a critic scores for the test at most (about 30 ms), whatever the rows
+
+
+def test_epoch(config: Config, plan: Plan) -> int:
+    """The epoch whose weights the test reads trained critics at: the last before the plan may drop a candidate
+    (Plan.from_epoch), where two trained candidates share folds; the last otherwise. Up to it a fold's critics
+    train alike whatever the rows of that fold, which they never train on: after it, when a candidate stops
+    depends on every fold's held-out readings, that fold's among them."""
+    trained = [candidate for candidate in config.candidates if candidate.activation not in FITTED_ACTIVATIONS]
+    return min(plan.n_epoch, plan.from_epoch) if plan.folds > 1 and len(trained) > 1 else plan.n_epoch
+
+
+def test_rows(fold_rows: int, permutations: int) -> int:
+    """The held-out rows of a fold the test reads (the first, drawn at random by the split): all, or as many as
+    TEST_PAIRS pairs allow, the whole x-z matrix of sqrt(TEST_PAIRS) rows or, with fewer permutations than that,
+    one pair a row in each."""
+    return min(fold_rows, max(math.isqrt(TEST_PAIRS), TEST_PAIRS // (permutations + 1)))
+
+
+def critic_at_test(config: Config, prepared: PreparedRun, critic: int, models: dict[int, MineModel]) -> MineModel:
+    """A one-critic model with the critic's weights at the test's epoch: those of the fitted stack (fitted
+    critics read apart never change), else those kept for the test. One model per candidate (models), its
+    weights set anew for each critic."""
+    candidate, fitted = critic % len(config.candidates), prepared.fitted
+    if prepared.plan.apart and critic in fitted.critic_ids:
+        weights = fitted.stack.model.statistics_network.critic_weights(fitted.critic_ids.index(critic))
+    else:
+        weights = prepared.best_weights.test_weights(critic)
+    if candidate not in models:
+        models[candidate] = make_model(critic_settings_of(config, [candidate]), 1)
+    models[candidate].statistics_network.set_weights(weights)
+    return models[candidate]
+
+
+def pair_scores(model: MineModel, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """T of a one-critic model on each pair (x_i, z_i), the mean of its outputs."""
+    samples = tf.constant(np.concatenate([x, z], axis=1)[None], tf.float32)
+    return model.statistics_network(samples).numpy()[0].mean(axis=-1)
+
+
+def fold_test(
+    config: Config, data: TrainingRows, prepared: PreparedRun, fold: int, models: dict[int, MineModel]
+) -> tuple[float, float, int]:
+    """(p-value, statistic, rows read) of one fold (one split: its held-out rows): each of its candidates'
+    critics scores the same permutations of z against x (the identity first), and the p-value is that of the
+    largest standardized score (max_t) among them. The critics never trained on these rows, and their input
+    maps see each column alone: under independence, the pairing of the fold's rows is one permutation of
+    them among all, alike."""
+    per_fold = len(config.candidates)
+    critics = range(fold * per_fold, (fold + 1) * per_fold)
+    rows = test_rows(len(data.held_out_rows[critics[0]]), config.permutations)
+    permutations = drawn_permutations(rows, config.permutations, (config.seed, fold, PERMUTATION_STREAM))
+    x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
+    sums = []
+    for critic in critics:
+        score = functools.partial(pair_scores, critic_at_test(config, prepared, critic, models))
+        held_out = data.held_out_rows[critic][:rows]
+        sums.append(permuted_sums(score, held_out[:, x_columns], held_out[:, z_columns], permutations))
+    statistics = max_t(np.array(sums))
+    return permutation_p_value(statistics), float(statistics[0]), rows
+
+
+def independence_fields(config: Config, data: TrainingRows, prepared: PreparedRun, outcome: Outcome) -> dict:
+    """summary.json's fields of the independence test, none without --permutations: the p-value of the folds
+    together (combined_p_value), each fold's, and the statistics (each fold's identity pairing in standard
+    deviations of its permutations, the highest over its candidates). No p-value of a run that did not
+    complete."""
+    if not config.permutations:
+        return {}
+    if outcome.status != "completed":
+        return {"p_value": None, "p_value_from": f"no test: the run {outcome.status}"}
+    models: dict[int, MineModel] = {}
+    start = time.perf_counter()
+    folds = len(data.held_out_rows) // len(config.candidates)
+    fold_p_values, fold_statistics, rows_read = zip(
+        *(fold_test(config, data, prepared, fold, models) for fold in range(folds)), strict=True
+    )
+    epoch = prepared.best_weights.test_epoch
+    source = (
+        f"exact permutation test: {config.permutations} permutations of z against x on each fold's held-out rows, "
+        f"scored by the fold's critics at epoch {epoch}; {folds} folds' smallest p-value times {folds} (Bonferroni)"
+        if folds > 1
+        else f"exact permutation test: {config.permutations} permutations of z against x on the held-out rows, "
+        f"scored by the critics at epoch {epoch}"
+    )
+    return {
+        "p_value": combined_p_value(list(fold_p_values)),
+        "p_value_from": source,
+        "test_statistic": max(fold_statistics),
+        "fold_p_values": list(fold_p_values),
+        "fold_test_statistics": list(fold_statistics),
+        "test_epoch": epoch,
+        "test_rows": list(rows_read),
+        "test_seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+class IndependenceTest(NamedTuple):
+    """independence_test()'s result, in hyppo's shape: (stat, pvalue), then the run's whole summary (as hyppo's
+    MGC adds its dict)."""
+
+    stat: float | None
+    pvalue: float | None
+    summary: dict
+
+
+def independence_test(x: np.ndarray, z: np.ndarray, permutations: int = 999, **flags: Any) -> IndependenceTest:
+    """Tests whether X and Z are independent, from arrays as estimate() takes them (every flag a keyword): the
+    estimate's run, and its critics score `permutations` re-pairings of each fold's rows. pvalue is exact (valid
+    at every level, for any sample size) when the rows are exchangeable: not for a time series. stat is the
+    test_statistic of the summary; both None where the run did not complete."""
+    summary = estimate(x, z, permutations=permutations, **flags)
+    return IndependenceTest(summary.get("test_statistic"), summary.get("p_value"), summary)
 
 
 # The command line: its flags, made from Config

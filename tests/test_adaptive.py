@@ -1,6 +1,6 @@
 """A run that reads its held-out bounds as it trains (mi_model.Plan, end
 to end): candidates dropped, their critics saved and reported, and a run
-resumed after a drop as if never stopped."""
+resumed after a drop as if never stopped, its independence test too."""
 
 import json
 
@@ -52,7 +52,7 @@ def test_a_dropped_candidate_stops_training_and_is_saved_and_reported(quick_plan
 
 @pytest.mark.slow
 def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, small_file, tmp_path, monkeypatch):
-    flags = ["--input", small_file, "--checkpoint_seconds", "0", "--quiet", *SMALL_RUN]
+    flags = ["--input", small_file, "--checkpoint_seconds", "0", "--quiet", "--permutations", "99", *SMALL_RUN]
     whole = run_main([*flags, "--output_dir", str(tmp_path / "whole")])
     summary = json.loads((tmp_path / "whole" / mi_main.SUMMARY_FILE).read_text())
     assert whole[0] == 0 and summary["candidates_dropped"], "the plan dropped nothing: no drop to resume after"
@@ -78,6 +78,9 @@ def test_a_run_resumed_after_a_drop_equals_an_uninterrupted_one(quick_plan, smal
         )
     resumed = json.loads((tmp_path / "resumed" / mi_main.SUMMARY_FILE).read_text())
     assert resumed["mi_estimate"] == pytest.approx(summary["mi_estimate"], abs=1e-6)
+    # the test's weights, kept at epoch 3, before the interruption, came back from the checkpoint
+    assert resumed["test_epoch"] == 3 < stop_after and resumed["fold_p_values"] == summary["fold_p_values"]
+    np.testing.assert_allclose(resumed["fold_test_statistics"], summary["fold_test_statistics"], atol=1e-9)
 
 
 def test_candidates_are_judged_after_as_many_steps_on_small_inputs():
