@@ -15,7 +15,9 @@ follow the flags and the input (every value a run takes other than the one
 given); the training step; the training loop; the compiled critics and
 tf.distribute; a prepared run (the fitted critics, the weights the estimate
 reads, checkpoints); a run from its settings to its results (main, estimate,
-run); the command line's flags, made from Config; the process's start-up.
+run); the independence test its critics make (--permutations,
+independence_test); the command line's flags, made from Config; the
+process's start-up.
 This module imports the other three and none imports it: reading inputs,
 epochs and writing results live in mi_data_processing, the bounds, the
 training record and the estimate's choice in mi_model, the network T in
@@ -1927,29 +1929,34 @@ def test_rows(fold_rows: int, permutations: int) -> int:
     return min(fold_rows, max(math.isqrt(TEST_PAIRS), TEST_PAIRS // (permutations + 1)))
 
 
-def critic_at_test(config: Config, prepared: PreparedRun, critic: int, models: dict[int, MineModel]) -> MineModel:
-    """A one-critic model with the critic's weights at the test's epoch: those of the fitted stack (fitted
-    critics read apart never change), else those kept for the test. One model per candidate (models), its
+def critic_at_test(
+    config: Config, prepared: PreparedRun, critic: int, networks: dict[int, StatisticsNetwork]
+) -> StatisticsNetwork:
+    """A one-critic network with the critic's weights at the test's epoch: those of the fitted stack (fitted
+    critics read apart never change), else those kept for the test. One network per candidate (networks), its
     weights set anew for each critic."""
     candidate, fitted = critic % len(config.candidates), prepared.fitted
     if prepared.plan.apart and critic in fitted.critic_ids:
         weights = fitted.stack.model.statistics_network.critic_weights(fitted.critic_ids.index(critic))
     else:
         weights = prepared.best_weights.test_weights(critic)
-    if candidate not in models:
-        models[candidate] = make_model(critic_settings_of(config, [candidate]), 1)
-    models[candidate].statistics_network.set_weights(weights)
-    return models[candidate]
+    if candidate not in networks:
+        settings = critic_settings_of(config, [candidate])
+        network = StatisticsNetwork(settings.hid_width, settings.out_width, config.candidates[candidate].activation)
+        network.build((1, None, config.data_dim + config.latent_dim))
+        networks[candidate] = network
+    networks[candidate].set_weights(weights)
+    return networks[candidate]
 
 
-def pair_scores(model: MineModel, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """T of a one-critic model on each pair (x_i, z_i), the mean of its outputs."""
+def pair_scores(network: StatisticsNetwork, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """T of a one-critic network on each pair (x_i, z_i), the mean of its outputs."""
     samples = tf.constant(np.concatenate([x, z], axis=1)[None], tf.float32)
-    return model.statistics_network(samples).numpy()[0].mean(axis=-1)
+    return network(samples).numpy()[0].mean(axis=-1)
 
 
 def fold_test(
-    config: Config, data: TrainingRows, prepared: PreparedRun, fold: int, models: dict[int, MineModel]
+    config: Config, data: TrainingRows, prepared: PreparedRun, fold: int, networks: dict[int, StatisticsNetwork]
 ) -> tuple[float, float, int]:
     """(p-value, statistic, rows read) of one fold (one split: its held-out rows): each of its candidates'
     critics scores the same permutations of z against x (the identity first), and the p-value is that of the
@@ -1963,7 +1970,7 @@ def fold_test(
     x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
     sums = []
     for critic in critics:
-        score = functools.partial(pair_scores, critic_at_test(config, prepared, critic, models))
+        score = functools.partial(pair_scores, critic_at_test(config, prepared, critic, networks))
         held_out = data.held_out_rows[critic][:rows]
         sums.append(permuted_sums(score, held_out[:, x_columns], held_out[:, z_columns], permutations))
     statistics = max_t(np.array(sums))
@@ -1979,11 +1986,11 @@ def independence_fields(config: Config, data: TrainingRows, prepared: PreparedRu
         return {}
     if outcome.status != "completed":
         return {"p_value": None, "p_value_from": f"no test: the run {outcome.status}"}
-    models: dict[int, MineModel] = {}
+    networks: dict[int, StatisticsNetwork] = {}
     start = time.perf_counter()
     folds = len(data.held_out_rows) // len(config.candidates)
     fold_p_values, fold_statistics, rows_read = zip(
-        *(fold_test(config, data, prepared, fold, models) for fold in range(folds)), strict=True
+        *(fold_test(config, data, prepared, fold, networks) for fold in range(folds)), strict=True
     )
     epoch = prepared.best_weights.test_epoch
     source = (

@@ -20,8 +20,9 @@ it by minimizing cost = -L, as the reference scripts do. Three estimators
 The numerics are small pure functions of critic scores so that tests can
 call them on plain tensors; beside them, the training record (History),
 the plan it makes, the choice of each fold's critic and epoch, the
-estimate's error bars, and the held-out evaluation of the bound
-(held_out_bounds, held_out_scores).
+estimate's error bars, the held-out evaluation of the bound
+(held_out_bounds, held_out_scores), and the independence test's
+permutations, sums and p-values (drawn_permutations to combined_p_value).
 
 It imports mi_data_processing, never the reverse: the data module sits
 lowest (it loads TensorFlow, reads and writes files, and owns the rows'

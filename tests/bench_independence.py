@@ -10,17 +10,19 @@ data set already there is skipped, so a stopped run continues), and `report` pri
     python tests/bench_independence.py power --rows 500 --sets 20 --dims 10 --record power.jsonl
     python tests/bench_independence.py report null.jsonl power.jsonl
     python tests/bench_independence.py cost --repeats 5    # seconds a run with and without the test, interleaved
+    python tests/bench_independence.py toy --sets 4000      # the combination rules' size on the tests' toy model
     python tests/bench_independence.py null ... -- --n_epoch 30        # mi_main flags after --
 
 Null families: x ~ N(0, I_10) and z ~ N(0, 1); x and z standard Cauchy (Student t, 1 degree of freedom); x ~
 N(0, I_10) and z one of three values (ties); hyppo's multimodal_independence. Power: hyppo's 19 dependent
-indep_sim simulations, the same rows for all three tests. Our test runs mi_main's defaults with --permutations 999
-(data set i's run seeded i); HSIC and Dcorr take 1,000 permutations, or their fast approximations (auto=True, as
-hyppo chooses by the rows). The report also gives, from the fold p-values, other rules valid however the folds
-depend on each other, at the same rows.
+indep_sim simulations with their noise (noise=True, as hyppo's power benchmarks draw them), the same rows for all
+three tests. Our test runs mi_main's defaults with --permutations 999 (data set i's run seeded i); HSIC and Dcorr
+take 1,000 permutations, or their fast approximations (auto=True, as hyppo chooses by the rows). The report also
+gives, from the fold p-values, other rules valid however the folds depend on each other, at the same rows.
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -57,6 +59,7 @@ NULL_FAMILIES = ("gaussian-10x1", "student-t-df1", "discrete-z", "multimodal_ind
 DEPENDENT = [name for name in ("linear", "exponential", "cubic", "joint_normal", "step", "quadratic", "w_shaped",
              "spiral", "uncorrelated_bernoulli", "logarithmic", "fourth_root", "sin_four_pi", "sin_sixteen_pi",
              "square", "two_parabolas", "circle", "ellipse", "diamond", "multiplicative_noise")]  # fmt: skip
+NOISE = {"multiplicative_noise": {}}  # as hyppo's power benchmarks draw them: with noise, where a simulation has it
 WIDE = ("linear", "quadratic", "spiral", "sin_four_pi", "circle")  # the five at --dims 10
 # MGC's published power at 100 rows, one dimension (hyppo's paper, as the issue gives it)
 MGC_PUBLISHED = {"spiral": 0.94, "sin_four_pi": 0.84, "circle": 0.85, "square": 0.64}
@@ -117,7 +120,7 @@ def run(args, flags):
                 x, z = null_rows(family, args.rows, np.random.default_rng([number, index, args.rows]))
             else:
                 np.random.seed(1000 * number + index + args.rows * dims)
-                x, z = indep_sim(family, args.rows, dims)
+                x, z = indep_sim(family, args.rows, dims, **NOISE.get(family, {"noise": True}))
             x, z = np.asarray(x, np.float32).reshape(args.rows, -1), np.asarray(z, np.float32).reshape(args.rows, -1)
             line = dict(zip(("kind", "family", "rows", "dims", "set"), key, strict=True))
             line |= our_test(x, z, index, flags) | {"flags": flags}
@@ -139,6 +142,22 @@ def merged(fold_p, rule):
         "the largest": p[-1],
     }[rule]
     return min(1.0, value)
+
+
+def fisher(fold_p):
+    return float(stats.chi2.sf(-2 * np.log(fold_p).sum(), 2 * len(fold_p)))
+
+
+def toy(sets):
+    """Sizes at 0.05 of the rules on the toy model of the tests (fold critics fitted on the other folds)."""
+    from test_independence import shared_training_critic_p_values  # here: it brings the tests' fixtures
+
+    generator = np.random.default_rng(0)
+    p_values = [shared_training_critic_p_values(generator) for _ in range(sets)]
+    print(f"{sets} toy null data sets (tests/test_independence.py), rejections at 0.05:")
+    for name, rule in [(rule, functools.partial(merged, rule=rule)) for rule in RULES] + [("Fisher", fisher)]:
+        size = np.mean([rule(each) <= ALPHA for each in p_values])
+        print(f"- {name}: {size:.4f} ± {np.sqrt(size * (1 - size) / sets):.4f}")
 
 
 RULES = ("bonferroni", "twice the mean", "e times the geometric mean", "twice the median (Rüger)", "the largest")
@@ -169,6 +188,7 @@ def report(paths):
         print("\nOther valid rules on the same fold p-values, rejections at 0.05 of all null data sets:")
         for rule in RULES:
             print(f"- {rule}: {sum(merged(r['fold_p'], rule) <= ALPHA for r in null)} of {len(null)}")
+        print(f"- Fisher's (valid only for independent p-values): {sum(fisher(r['fold_p']) <= ALPHA for r in null)}")
     power = [r for r in records if r["kind"] == "power"]
     for rows, dims in sorted({(r["rows"], r["dims"]) for r in power}):
         cell = [r for r in power if r["rows"] == rows and r["dims"] == dims]
@@ -232,7 +252,7 @@ def cost(repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=("null", "power", "report", "cost"))
+    parser.add_argument("kind", choices=("null", "power", "report", "cost", "toy"))
     parser.add_argument("records", nargs="*", help="with report: the records to read")
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--sets", type=int, default=20, help="data sets of each family or simulation")
@@ -246,6 +266,8 @@ def main():
         report(args.records)
     elif args.kind == "cost":
         cost(args.repeats)
+    elif args.kind == "toy":
+        toy(args.sets)
     else:
         run(args, flags_of(extra))
 
