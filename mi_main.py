@@ -1929,24 +1929,28 @@ def test_rows(fold_rows: int, permutations: int) -> int:
     return min(fold_rows, max(math.isqrt(TEST_PAIRS), TEST_PAIRS // (permutations + 1)))
 
 
-def critic_at_test(
-    config: Config, prepared: PreparedRun, critic: int, networks: dict[int, StatisticsNetwork]
-) -> StatisticsNetwork:
+# The test's one-critic networks by (hid_width, out_width, activation, inputs), kept for the process's next runs:
+# building one (its variables) costs more than a fold's scoring at 500 rows
+TEST_NETWORKS: dict[tuple[int, int, str, int], StatisticsNetwork] = {}
+
+
+def critic_at_test(config: Config, prepared: PreparedRun, critic: int) -> StatisticsNetwork:
     """A one-critic network with the critic's weights at the test's epoch: those of the fitted stack (fitted
-    critics read apart never change), else those kept for the test. One network per candidate (networks), its
-    weights set anew for each critic."""
+    critics read apart never change), else those kept for the test (a network of TEST_NETWORKS, its weights set
+    anew)."""
     candidate, fitted = critic % len(config.candidates), prepared.fitted
     if prepared.plan.apart and critic in fitted.critic_ids:
         weights = fitted.stack.model.statistics_network.critic_weights(fitted.critic_ids.index(critic))
     else:
         weights = prepared.best_weights.test_weights(critic)
-    if candidate not in networks:
-        settings = critic_settings_of(config, [candidate])
-        network = StatisticsNetwork(settings.hid_width, settings.out_width, config.candidates[candidate].activation)
-        network.build((1, None, config.data_dim + config.latent_dim))
-        networks[candidate] = network
-    networks[candidate].set_weights(weights)
-    return networks[candidate]
+    settings = critic_settings_of(config, [candidate])
+    activation = config.candidates[candidate].activation
+    key = (settings.hid_width, settings.out_width, activation, config.data_dim + config.latent_dim)
+    if key not in TEST_NETWORKS:
+        TEST_NETWORKS[key] = StatisticsNetwork(*key[:3])
+        TEST_NETWORKS[key].build((1, None, key[3]))
+    TEST_NETWORKS[key].set_weights(weights)
+    return TEST_NETWORKS[key]
 
 
 def pair_scores(network: StatisticsNetwork, x: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -1955,9 +1959,7 @@ def pair_scores(network: StatisticsNetwork, x: np.ndarray, z: np.ndarray) -> np.
     return network(samples).numpy()[0].mean(axis=-1)
 
 
-def fold_test(
-    config: Config, data: TrainingRows, prepared: PreparedRun, fold: int, networks: dict[int, StatisticsNetwork]
-) -> tuple[float, float, int]:
+def fold_test(config: Config, data: TrainingRows, prepared: PreparedRun, fold: int) -> tuple[float, float, int]:
     """(p-value, statistic, rows read) of one fold (one split: its held-out rows): each of its candidates'
     critics scores the same permutations of z against x (the identity first), and the p-value is that of the
     largest standardized score (max_t) among them. The critics never trained on these rows, and their input
@@ -1970,7 +1972,7 @@ def fold_test(
     x_columns, z_columns = slice(0, config.data_dim), slice(config.data_dim, config.data_dim + config.latent_dim)
     sums = []
     for critic in critics:
-        score = functools.partial(pair_scores, critic_at_test(config, prepared, critic, networks))
+        score = functools.partial(pair_scores, critic_at_test(config, prepared, critic))
         held_out = data.held_out_rows[critic][:rows]
         sums.append(permuted_sums(score, held_out[:, x_columns], held_out[:, z_columns], permutations))
     statistics = max_t(np.array(sums))
@@ -1986,11 +1988,10 @@ def independence_fields(config: Config, data: TrainingRows, prepared: PreparedRu
         return {}
     if outcome.status != "completed":
         return {"p_value": None, "p_value_from": f"no test: the run {outcome.status}"}
-    networks: dict[int, StatisticsNetwork] = {}
     start = time.perf_counter()
     folds = len(data.held_out_rows) // len(config.candidates)
     fold_p_values, fold_statistics, rows_read = zip(
-        *(fold_test(config, data, prepared, fold, networks) for fold in range(folds)), strict=True
+        *(fold_test(config, data, prepared, fold) for fold in range(folds)), strict=True
     )
     epoch = prepared.best_weights.test_epoch
     source = (
