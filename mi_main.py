@@ -333,14 +333,16 @@ class Config:
         choices=("nats", "bits"),
     )
     permutations: int = setting(
-        0,
+        999,
         "test independence: re-pair each fold's z with its x this many times, score every pairing with the fold's "
-        "critics and report an exact p-value (0: no test; 999 gives p down to 0.001 a fold); the rows must be "
-        "exchangeable, as independent draws are: not a time series",
+        "critics and report an exact p-value, down to 1 / (this + 1) a fold; 0: no test (default: {default}, or 0 "
+        "without held-out rows or with --evaluate_only); the rows must be exchangeable, as independent draws are: "
+        "not a time series",
         "output",
         at_least=0,
         below=100_000,
         resume=True,
+        adapts="at its default",
     )
     evaluate_only: str | None = setting(
         None,
@@ -434,7 +436,8 @@ def resolved(given: dict[str, Any]) -> Config:
     cannot share a device; one fixed critic for --transform or --activation,
     or where candidates cannot be chosen or trained side by side; no fitted
     candidate by default with --estimator mine_f (its weights fit the DV
-    bound's optimum, not mine_f's)."""
+    bound's optimum, not mine_f's); no independence test by default where
+    no rows are held out or no critic is trained (--evaluate_only)."""
     config = Config(**given)
     fixed = config.transform is not None or config.activation is not None
     if fixed and "candidates" in given:
@@ -457,12 +460,15 @@ def resolved(given: dict[str, Any]) -> Config:
         if (field.metadata.get("adapts") == "unless given" and name not in given)
         or (field.metadata.get("adapts") == "at its default" and getattr(config, name) == field.default)
     }
+    no_held_out = folds == 1 and config.val_fraction == 0
+    untested = "permutations" in adaptable and (no_held_out or config.evaluate_only is not None)
     config = dataclasses.replace(
         config,
         folds=folds,
         candidates=candidates,
         transform=None,
         activation=None,
+        permutations=0 if untested else config.permutations,
         adaptable=frozenset(adaptable),
     )
     if config.folds == 1 and config.val_fraction == 0 and len(config.candidates) > 1:

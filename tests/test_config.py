@@ -104,8 +104,9 @@ def test_a_config_never_changes_and_adapting_makes_a_new_one():
     config = mi_main.parse_flags([])
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.n_epoch = 3
-    assert config.adaptable == {"folds", "batch_size", "n_epoch", "data_dim", "latent_dim"}
-    assert mi_main.parse_flags(["--folds", "3", "--n_epoch", "7"]).adaptable == {"batch_size", "data_dim", "latent_dim"}
+    assert config.adaptable == {"folds", "batch_size", "n_epoch", "data_dim", "latent_dim", "permutations"}
+    given = mi_main.parse_flags(["--folds", "3", "--n_epoch", "7", "--permutations", "99"])
+    assert given.adaptable == {"batch_size", "data_dim", "latent_dim"}
 
 
 def test_the_resume_identity_is_the_settings_marked_resume():
