@@ -1986,7 +1986,7 @@ def fold_test(config: Config, data: TrainingRows, prepared: PreparedRun, fold: i
 
 
 def independence_fields(config: Config, data: TrainingRows, prepared: PreparedRun, outcome: Outcome) -> dict:
-    """summary.json's fields of the independence test, none without --permutations: the p-value of the folds
+    """summary.json's fields of the independence test, none with --permutations 0: the p-value of the folds
     together (combined_p_value), each fold's, and the statistics (each fold's identity pairing in standard
     deviations of its permutations, the highest over its candidates). No p-value of a run that did not
     complete."""
