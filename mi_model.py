@@ -927,3 +927,136 @@ class MineModel(tf.keras.Model):
         surrogate = marginal_scale * marginal_term - joint_term
         cost = -bound + surrogate - tf.stop_gradient(surrogate)
         return tf.reshape(cost, [1]), tf.reshape(joint_part, [1]), tf.reshape(marginal_part, [1])
+
+
+# MINE inside a Keras model: the bound of each batch as a loss term or a metric of another model's training
+LAYER_MODES = ("maximize", "minimize", "monitor")
+
+
+def gradient_scaled(values: tf.Tensor, factor: Any) -> tf.Tensor:
+    """values, whose gradient is multiplied by `factor` on its way back (-1: gradient reversal, Ganin and
+    Lempitsky 2015). The value is exactly `values`: the added term is values - values = 0."""
+    constant = tf.stop_gradient(values)
+    return constant + factor * (values - constant)
+
+
+def re_paired(values: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """The batch's rows moved `shift` rows along, cyclically: with 0 < shift < rows, row i meets another row's
+    values, every row's once."""
+    return tf.roll(values, shift, axis=0)
+
+
+@tf.keras.utils.register_keras_serializable(package="mine")
+class MutualInformation(tf.keras.layers.Layer):
+    """The MINE bound of I(A; B) on each batch, inside another model: `MutualInformation(mode)([a, b])` returns
+    `a` unchanged and trains its own critic (a one-critic MineModel: a StatisticsNetwork and the moving average
+    of --estimator mine) to climb the bound on the batch's pairs (a_i, b_i) against re-paired ones
+    (a_i, b_(i+s)), the shift s drawn each step from 1 .. rows - 1.
+
+    mode "maximize" adds -weight * bound to the model's losses: the layers before climb the bound with the
+    critic (InfoMax). "minimize" adds +weight * bound: the critic climbs, the layers before descend, on one
+    step in critic_steps (with critic_steps * weight then; 1: on every step, by gradient reversal). Alternating
+    is the default because it stays near zero where reversal drifts back up (tests/BENCHMARKS.md, "The Keras
+    layer"). "monitor" adds 0: only the critic trains; nothing flows back to a or b. In every mode the metric
+    named after the layer shows the batch bound in nats: a bound on training rows, not an estimate of I.
+
+    Under a tf.distribute strategy each replica re-pairs its own rows; the bound is the global batch's, its
+    log-mean-exp formed exactly across replicas as with mi_main --strategy mirrored.
+    """
+
+    def __init__(
+        self,
+        mode="maximize",
+        weight=1.0,
+        hid_width=64,
+        activation="tanh",
+        estimator="mine",
+        ema_rate=0.01,
+        critic_steps=5,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in LAYER_MODES:
+            raise ValueError(f"mode must be one of {LAYER_MODES}, got {mode!r}")
+        if not (isinstance(critic_steps, int) and critic_steps >= 1):
+            raise ValueError(f"critic_steps must be a whole number, 1 or more; got {critic_steps!r}")
+        self.mode = mode
+        self.weight = weight
+        self.hid_width = hid_width
+        self.activation = activation
+        self.estimator = estimator
+        self.ema_rate = ema_rate
+        self.critic_steps = critic_steps
+        self.seed = seed
+        self.bound_metric = tf.keras.metrics.Mean(name=self.name)
+
+    def build(self, input_shape):
+        a_shape, b_shape = input_shape
+        self.mine = MineModel(
+            math.prod(a_shape[1:]),
+            math.prod(b_shape[1:]),
+            self.hid_width,
+            1,
+            self.estimator,
+            self.ema_rate,
+            self.activation,
+            critics=1,
+            seed=self.seed,
+        )
+        # Steps trained, the same on every replica: it draws the re-pairing's shift and takes minimize's turns.
+        self.steps = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica"
+        )
+
+    @property
+    def statistics_network(self) -> StatisticsNetwork:
+        return self.mine.statistics_network
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def call(self, inputs, training=False):
+        a, b = inputs
+        rows = tf.shape(a)[0]
+        a_values, b_values = tf.reshape(a, [rows, -1]), tf.reshape(b, [rows, -1])
+        if self.mode == "monitor":
+            a_values, b_values = tf.stop_gradient(a_values), tf.stop_gradient(b_values)
+        else:
+            factor = self.weight if self.mode == "maximize" else self.descent_factor()
+            a_values, b_values = gradient_scaled(a_values, factor), gradient_scaled(b_values, factor)
+        seed = tf.stack([tf.constant(self.seed or 0, tf.int64), tf.convert_to_tensor(self.steps)])
+        shift = tf.random.stateless_uniform([], seed, 1, tf.maximum(rows, 2), tf.int32)
+        samples = [a_values, b_values, a_values, re_paired(b_values, shift)]
+        cost, joint_part, marginal_part = self.mine(tf.concat(samples, axis=1)[None], training=training)
+        bound = joint_part[0] - marginal_part[0]
+        # Keras divides a replica's added loss by the replicas and sums their gradients; each replica's cost
+        # already carries its share of the global batch's gradient.
+        replicas = tf.distribute.get_replica_context()
+        critic_term = gradient_scaled(cost[0], 1 if replicas is None else replicas.num_replicas_in_sync)
+        shown = {"maximize": -self.weight, "minimize": self.weight, "monitor": 0.0}[self.mode] * bound
+        self.add_loss(tf.stop_gradient(shown) + critic_term - tf.stop_gradient(critic_term))
+        self.bound_metric.update_state(bound)
+        if training:
+            self.steps.assign_add(1)
+        return a
+
+    def descent_factor(self) -> tf.Tensor:
+        """minimize: the factor of the bound's gradient on the layers before, -weight * critic_steps on their
+        turn (one step in critic_steps) and 0 on the others, so that weight is the mean pressure whatever
+        critic_steps."""
+        their_turn = tf.equal(self.steps % self.critic_steps, self.critic_steps - 1)
+        return tf.where(their_turn, -self.weight * self.critic_steps, 0.0)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "weight": self.weight,
+            "hid_width": self.hid_width,
+            "activation": self.activation,
+            "estimator": self.estimator,
+            "ema_rate": self.ema_rate,
+            "critic_steps": self.critic_steps,
+            "seed": self.seed,
+        }
