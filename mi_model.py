@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -991,6 +992,20 @@ class MutualInformation(tf.keras.layers.Layer):
         self.seed = seed
         self.bound_metric = tf.keras.metrics.Mean(name=self.name)
 
+    # Keras (3.15) keeps a layer's added losses in one list, which a MirroredStrategy's replicas, traced each in
+    # its own thread, clear and fill in turn: a replica then reads another's loss beside or instead of its own.
+    # Each thread keeps its own list here.
+    @property
+    def _losses(self):
+        per_thread = self.__dict__.setdefault("_losses_per_thread", threading.local())
+        if not hasattr(per_thread, "values"):
+            per_thread.values = []
+        return per_thread.values
+
+    @_losses.setter
+    def _losses(self, values):
+        self._losses[:] = values
+
     def build(self, input_shape):
         a_shape, b_shape = input_shape
         self.mine = MineModel(
@@ -1006,7 +1021,12 @@ class MutualInformation(tf.keras.layers.Layer):
         )
         # Steps trained, the same on every replica: it draws the re-pairing's shift and takes minimize's turns.
         self.steps = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, aggregation="only_first_replica"
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="steps",
         )
 
     @property

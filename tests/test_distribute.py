@@ -1,5 +1,6 @@
 """tf.distribute: the global bound over replicas equals the single-device
-bound, step for step, and two workers on loopback train as one process."""
+bound, step for step, two workers on loopback train as one process, and the
+Keras layer trains under replicas."""
 
 import json
 import os
@@ -7,10 +8,12 @@ import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO
+from encoders import BATCH_ROWS, infomax_mi, infomax_model, infomax_rows
 from epoch_rows import epoch_batches
 
 import mi_main
@@ -125,3 +128,19 @@ def test_two_workers_on_loopback_give_the_single_process_estimate(known_mi_file,
     summary = json.loads((tmp_path / "cluster" / mi_main.SUMMARY_FILE).read_text())
     assert summary["mi_estimate"] == pytest.approx(single["mi_estimate"], abs=1e-3)
     assert (tmp_path / "cluster" / "worker-1" / mi_main.SUMMARY_FILE).exists()
+
+
+@pytest.mark.slow
+def test_the_keras_layer_trains_under_mirrored_replicas(mirrored):
+    # Each replica re-pairs its own 128 rows; the bound is the global batch's, the same on both replicas, so the
+    # loss fit shows (each replica's, averaged) is minus the bound it shows.
+    keras.utils.set_random_seed(0)
+    with mirrored.scope():
+        model, encoder = infomax_model(seed=1)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=False)
+    history = model.fit(infomax_rows(20_000, seed=0), epochs=5, batch_size=BATCH_ROWS, verbose=0).history
+    np.testing.assert_allclose(history["loss"], -np.array(history[model.layers[-1].name]), atol=0.05)
+    assert infomax_mi(encoder.get_weights()[0]) >= 2.1  # random encoders: 1.97 at the 95th percentile
+    batch = infomax_rows(BATCH_ROWS, seed=1)
+    shown = model.evaluate(batch, batch_size=BATCH_ROWS, verbose=0, return_dict=True)
+    assert shown["loss"] == pytest.approx(-shown[model.layers[-1].name], abs=1e-6)
