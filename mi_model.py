@@ -21,8 +21,9 @@ The numerics are small pure functions of critic scores so that tests can
 call them on plain tensors; beside them, the training record (History),
 the plan it makes, the choice of each fold's critic and epoch, the
 estimate's error bars, the held-out evaluation of the bound
-(held_out_bounds, held_out_scores), and the independence test's
-permutations, sums and p-values (drawn_permutations to combined_p_value).
+(held_out_bounds, held_out_scores), the independence test's
+permutations, sums and p-values (drawn_permutations to combined_p_value),
+and MutualInformation, the bound as a Keras layer inside another model.
 
 It imports mi_data_processing, never the reverse: the data module sits
 lowest (it loads TensorFlow, reads and writes files, and owns the rows'
@@ -952,7 +953,7 @@ class MutualInformation(tf.keras.layers.Layer):
     """The MINE bound of I(A; B) on each batch, inside another model: `MutualInformation(mode)([a, b])` returns
     `a` unchanged and trains its own critic (a one-critic MineModel: a StatisticsNetwork and the moving average
     of --estimator mine) to climb the bound on the batch's pairs (a_i, b_i) against re-paired ones
-    (a_i, b_(i+s)), the shift s drawn each step from 1 .. rows - 1.
+    (a_i, b_(i-s)), the shift s drawn each step from 1 .. rows - 1, cyclically.
 
     mode "maximize" adds -weight * bound to the model's losses: the layers before climb the bound with the
     critic (InfoMax). "minimize" adds +weight * bound: the critic climbs, the layers before descend, on one
