@@ -99,14 +99,14 @@ def test_a_saved_model_gives_the_same_bound(tmp_path):
     assert loaded_layer.get_config() == layer.get_config()
 
 
-@pytest.mark.parametrize("jit_compile", [True, False])
-def test_every_mode_trains_under_fit_with_and_without_xla(jit_compile):
+@pytest.mark.parametrize("mode, jit_compile", [("maximize", True), ("minimize", False), ("minimize", True)])
+def test_the_layer_trains_under_fit_with_and_without_xla(mode, jit_compile):
+    # monitor trains under XLA (Keras's default here) in the bit-identity test above
     x, s, _ = nuisance_rows(1_024, seed=0)
-    for mode in ("maximize", "minimize", "monitor"):
-        model, _ = nuisance_model(mode=mode, seed=1)
-        model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
-        history = model.fit([x, s], x, epochs=2, batch_size=BATCH_ROWS, verbose=0).history
-        assert np.isfinite(history["loss"]).all() and np.isfinite(history[model.layers[-2].name]).all()
+    model, _ = nuisance_model(mode=mode, seed=1)
+    model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
+    history = model.fit([x, s], x, epochs=2, batch_size=BATCH_ROWS, verbose=0).history
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history[model.layers[-2].name]).all()
 
 
 @pytest.mark.parametrize(
