@@ -119,9 +119,14 @@ def with_averaged_gradient(marginal_part: tf.Tensor, log_average: tf.Tensor) -> 
     exp(marginal_part - log_average) * d marginal_part. The value returned
     is marginal_part itself; only its gradient is rescaled.
     """
-    ratio = tf.stop_gradient(tf.exp(marginal_part - log_average))
-    constant = tf.stop_gradient(marginal_part)
-    return constant + ratio * (marginal_part - constant)
+    return gradient_scaled(marginal_part, tf.stop_gradient(tf.exp(marginal_part - log_average)))
+
+
+def gradient_scaled(values: tf.Tensor, factor: Any) -> tf.Tensor:
+    """values, whose gradient is multiplied by `factor` on its way back (-1: gradient reversal, Ganin and
+    Lempitsky 2015). The value is exactly `values`: the added term is values - values = 0."""
+    constant = tf.stop_gradient(values)
+    return constant + factor * (values - constant)
 
 
 def cross_replica_bound(
@@ -933,13 +938,6 @@ class MineModel(tf.keras.Model):
 
 # MINE inside a Keras model: the bound of each batch as a loss term or a metric of another model's training
 LAYER_MODES = ("maximize", "minimize", "monitor")
-
-
-def gradient_scaled(values: tf.Tensor, factor: Any) -> tf.Tensor:
-    """values, whose gradient is multiplied by `factor` on its way back (-1: gradient reversal, Ganin and
-    Lempitsky 2015). The value is exactly `values`: the added term is values - values = 0."""
-    constant = tf.stop_gradient(values)
-    return constant + factor * (values - constant)
 
 
 def re_paired(values: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
